@@ -1,0 +1,1 @@
+"""Readers of ClickHouse: KPI queries (shared by the CLI and the Grafana boards)."""

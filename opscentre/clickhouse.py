@@ -1,0 +1,203 @@
+"""One way to talk to ClickHouse: a server over the native protocol, or chDB in-process.
+
+`OPSCENTRE_CLICKHOUSE` selects the backend:
+  clickhouse://user:password@host:9000/database   (clickhouse-driver, native protocol)
+  chdb:///path/to/dir[?database=name]            (embedded ClickHouse, one process at a time)
+
+Both backends take columnar inserts and return rows as tuples of plain
+Python values; queries are written so that they return numbers and strings
+only (times as epoch seconds), which keeps results identical across the two.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from urllib.parse import parse_qs, unquote, urlparse
+
+IDENTIFIER_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
+
+
+class StoreError(RuntimeError):
+    """A ClickHouse statement failed."""
+
+
+class StoreUnavailable(StoreError):
+    """ClickHouse could not be reached or opened."""
+
+
+def quote(value) -> str:
+    """A SQL literal for a Python value (strings escaped the ClickHouse way)."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    text = str(value).replace("\\", "\\\\").replace("'", "\\'")
+    return f"'{text}'"
+
+
+def _check_identifier(name: str) -> str:
+    if not name or not set(name) <= IDENTIFIER_CHARS:
+        raise StoreError(f"invalid ClickHouse database name {name!r} (letters, digits and _ only)")
+    return name
+
+
+class Store:
+    """Common interface; see NativeStore and ChdbStore."""
+
+    url: str
+    database: str
+
+    def table(self, name: str) -> str:
+        return f"{self.database}.{name}"
+
+    def execute(self, sql: str) -> None:
+        raise NotImplementedError
+
+    def query(self, sql: str) -> list[tuple]:
+        raise NotImplementedError
+
+    def insert(self, table: str, columns: list[str], data: list[list]) -> None:
+        """Insert column-oriented data (one list per column) into database.table."""
+        raise NotImplementedError
+
+    def server_version(self) -> tuple[int, ...]:
+        (version,) = self.query("SELECT version()")[0]
+        return tuple(int(p) for p in version.split(".") if p.isdigit())
+
+    def close(self) -> None:
+        pass
+
+    def describe(self) -> str:
+        return self.url
+
+
+class NativeStore(Store):
+    def __init__(self, url: str, timeout_s: float = 30.0):
+        from clickhouse_driver import Client
+
+        parsed = urlparse(url)
+        self.url = url
+        self.database = _check_identifier(unquote(parsed.path.lstrip("/")) or "default")
+        self._lock = threading.Lock()
+        self._client = Client(
+            host=parsed.hostname or "127.0.0.1",
+            port=parsed.port or 9000,
+            user=unquote(parsed.username or "default"),
+            password=unquote(parsed.password or ""),
+            database="default",
+            connect_timeout=5,
+            send_receive_timeout=timeout_s,
+            sync_request_timeout=5,
+            settings={"insert_block_size": 1_048_576},
+        )
+
+    def describe(self) -> str:
+        parsed = urlparse(self.url)
+        return f"clickhouse://{parsed.hostname}:{parsed.port or 9000}/{self.database}"
+
+    def _run(self, *args, **kwargs):
+        from clickhouse_driver import errors
+
+        with self._lock:
+            try:
+                return self._client.execute(*args, **kwargs)
+            except (errors.NetworkError, errors.SocketTimeoutError, OSError, EOFError) as exc:
+                self._client.disconnect()
+                raise StoreUnavailable(f"ClickHouse at {self.describe()} is not reachable: {exc}") from None
+            except errors.Error as exc:
+                self._client.disconnect()
+                message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise StoreError(message) from None
+
+    def execute(self, sql: str) -> None:
+        self._run(sql)
+
+    def query(self, sql: str) -> list[tuple]:
+        return [tuple(row) for row in self._run(sql)]
+
+    def insert(self, table: str, columns: list[str], data: list[list]) -> None:
+        if not data or not data[0]:
+            return
+        self._run(
+            f"INSERT INTO {self.table(table)} ({', '.join(columns)}) VALUES",
+            data,
+            columnar=True,
+            types_check=False,
+        )
+
+    def close(self) -> None:
+        self._client.disconnect()
+
+
+_CHDB_SESSIONS: dict[str, object] = {}
+_CHDB_LOCK = threading.Lock()
+
+
+class ChdbStore(Store):
+    """Embedded ClickHouse; a path can be open in one process only (chDB's rule)."""
+
+    def __init__(self, url: str):
+        parsed = urlparse(url)
+        path = unquote(parsed.netloc + parsed.path) or "./var/clickhouse"
+        self.path = os.path.abspath(path)
+        self.url = url
+        self.database = _check_identifier(parse_qs(parsed.query).get("database", ["opscentre"])[0])
+        os.makedirs(self.path, exist_ok=True)
+        with _CHDB_LOCK:
+            session = _CHDB_SESSIONS.get(self.path)
+            if session is None:
+                try:
+                    import chdb.session
+
+                    session = chdb.session.Session(self.path)
+                except Exception as exc:  # chDB raises plain RuntimeError
+                    raise StoreUnavailable(
+                        f"embedded ClickHouse at {self.path} cannot be opened ({exc}); "
+                        "is another opscentre process using it?"
+                    ) from None
+                _CHDB_SESSIONS[self.path] = session
+        self._session = session
+        self._lock = _CHDB_LOCK
+
+    def describe(self) -> str:
+        return f"chdb://{self.path}?database={self.database}"
+
+    def _query(self, sql: str, fmt: str = "CSV"):
+        with self._lock:
+            try:
+                return self._session.query(sql, fmt)
+            except Exception as exc:
+                message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise StoreError(message) from None
+
+    def execute(self, sql: str) -> None:
+        self._query(sql)
+
+    def query(self, sql: str) -> list[tuple]:
+        result = self._query(sql + " SETTINGS output_format_json_quote_64bit_integers=0", "JSONCompact")
+        raw = result.bytes()
+        if not raw:
+            return []
+        return [tuple(row) for row in json.loads(raw)["data"]]
+
+    def insert(self, table: str, columns: list[str], data: list[list]) -> None:
+        if not data or not data[0]:
+            return
+        import pyarrow as pa
+
+        batch = pa.table({name: values for name, values in zip(columns, data)})  # noqa: F841 (read by chDB)
+        self._query(f"INSERT INTO {self.table(table)} ({', '.join(columns)}) SELECT * FROM Python(batch)")
+
+
+def connect(url: str, timeout_s: float = 30.0) -> Store:
+    """Open the store an `OPSCENTRE_CLICKHOUSE` URL names."""
+    scheme = urlparse(url).scheme
+    if scheme in ("clickhouse", "tcp"):
+        return NativeStore(url, timeout_s)
+    if scheme == "chdb":
+        return ChdbStore(url)
+    raise StoreError(f"OPSCENTRE_CLICKHOUSE: unsupported scheme {scheme!r} (use clickhouse:// or chdb://)")

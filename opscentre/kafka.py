@@ -1,0 +1,91 @@
+"""Topics of the contract, created explicitly, and their identities."""
+
+from __future__ import annotations
+
+import logging
+
+from kafka import KafkaAdminClient, KafkaConsumer
+from kafka.admin import NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.partitioner.default import murmur2
+
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Batches of events travel as single records of up to 1 MiB (CONTRACT §1).
+MAX_RECORD_BYTES = 1 << 20
+
+
+class KafkaUnavailable(RuntimeError):
+    """The bootstrap servers could not be reached."""
+
+
+def admin(bootstrap: str, timeout_s: float = 10.0) -> KafkaAdminClient:
+    try:
+        return KafkaAdminClient(
+            bootstrap_servers=bootstrap.split(","),
+            request_timeout_ms=int(timeout_s * 1000),
+            api_version_auto_timeout_ms=int(timeout_s * 1000),
+            client_id="opscentre-admin",
+        )
+    except KafkaError as exc:
+        raise KafkaUnavailable(f"Kafka at {bootstrap} is not reachable: {exc}") from None
+
+
+def ensure_topics(settings: Settings, partitions: int | None = None) -> None:
+    """Create the contract's topics with an explicit partition count; keep existing ones."""
+    bootstrap = settings.require_kafka()
+    count = partitions or settings.partitions
+    client = admin(bootstrap)
+    try:
+        existing = set(client.list_topics())
+        wanted = [
+            NewTopic(name, count, 1, topic_configs={"retention.ms": "-1", "retention.bytes": "-1"})
+            for name in (*settings.event_topics, settings.dead_letter_topic, settings.alerts_topic)
+            if name not in existing
+        ]
+        if wanted:
+            try:
+                client.create_topics(wanted)
+            except TopicAlreadyExistsError:
+                pass
+            log.info("created topics %s", ", ".join(t.name for t in wanted))
+    finally:
+        client.close()
+
+
+def topic_ids(bootstrap: str, topics) -> dict[str, str]:
+    """Each topic's id: it changes when a topic is recreated, offsets restarting at 0.
+
+    Where a broker does not report topic ids, the cluster id stands in.
+    """
+    client = admin(bootstrap)
+    try:
+        described = client.describe_topics(list(topics))
+        cluster = client.describe_cluster().get("cluster_id") or "cluster"
+    finally:
+        client.close()
+    ids = {}
+    for topic in described:
+        topic_id = topic.get("topic_id")
+        if not topic_id or set(str(topic_id)) <= {"0", "-"}:
+            topic_id = f"{cluster}/{topic['name']}"
+        ids[topic["name"]] = str(topic_id)
+    return ids
+
+
+def partition_count(bootstrap: str, topic: str) -> int:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap.split(","), client_id="opscentre-meta")
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+    finally:
+        consumer.close()
+    if not partitions:
+        raise KafkaUnavailable(f"topic {topic} does not exist on {bootstrap}")
+    return len(partitions)
+
+
+def partition_for(key: str, partitions: int) -> int:
+    """The partition Kafka's default partitioner picks for a key (murmur2, as Java clients do)."""
+    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions

@@ -1,0 +1,31 @@
+"""Names of the per-minute counters: produced by streams, stored by sinks, read by dashboards.
+
+They mirror CONTRACT §2; a counter's position in these tuples is its index in
+the stream processor's row state.
+"""
+
+SERVICE_COUNTERS = (
+    "events",
+    "dossiers_received",
+    "dossiers_received_full_online",
+    "dossiers_received_partial_online",
+    "dossiers_completed",
+    "dossiers_completed_on_time",
+    "dossiers_cancelled",
+    "payments_total",
+    "payments_online",
+    "payments_vnd",
+    "payments_online_vnd",
+    "feedback_received",
+    "feedback_resolved",
+    "feedback_resolved_on_time",
+    "feedback_satisfied",
+    "documents_sent",
+    "documents_received",
+)
+
+# Dimensions of a service row besides the window and the source partition.
+SERVICE_DIMENSIONS = ("province", "agency")
+
+SECURITY_COUNTERS = ("events", "alerts")
+SECURITY_DIMENSIONS = ("province", "category", "severity", "action", "sensor", "technique")

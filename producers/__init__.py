@@ -1,0 +1,1 @@
+"""Producers of events into Kafka: the simulator and file ingestion."""

@@ -1,0 +1,161 @@
+"""ClickHouse schema, created or upgraded by `opscentre db migrate`.
+
+The same statements run on ClickHouse 18.16 (Debian's server) and on current
+releases; features the old server lacks are switched on by server version.
+
+Idempotence lives in the keys:
+- raw tables are ReplacingMergeTree keyed by the event's source position
+  (topic id, partition, offset, item index): writing a record twice leaves one row;
+- per-minute tables hold, per (dimensions, minute, source partition), the
+  cumulative count of that partition's events, versioned by the highest source
+  offset applied: a replay rewrites the same row, the newest version wins.
+Readers use FINAL (or argMax by version) and sum across partitions.
+"""
+
+from __future__ import annotations
+
+from opscentre.clickhouse import Store
+from opscentre.measures import SECURITY_COUNTERS, SERVICE_COUNTERS
+
+SCHEMA_VERSION = 1
+
+
+def _types(version: tuple[int, ...]) -> dict[str, str]:
+    modern = version >= (20, 1)
+    return {
+        "LC": "LowCardinality(String)" if modern else "String",
+    }
+
+
+def statements(database: str, server_version: tuple[int, ...]) -> list[str]:
+    t = _types(server_version)
+    lc = t["LC"]
+    service_counters = ",\n    ".join(f"{name} UInt64" for name in SERVICE_COUNTERS)
+    security_counters = ",\n    ".join(f"{name} UInt64" for name in SECURITY_COUNTERS)
+    db = database
+    return [
+        f"CREATE DATABASE IF NOT EXISTS {db}",
+        f"""CREATE TABLE IF NOT EXISTS {db}.service_events (
+    event_id String,
+    event_type {lc},
+    occurred_at DateTime('UTC'),
+    occurred_ms UInt64,
+    province {lc},
+    agency {lc},
+    source {lc},
+    item_id String,
+    procedure_code {lc},
+    service_level {lc},
+    channel {lc},
+    due_at Nullable(DateTime('UTC')),
+    on_time UInt8,
+    result {lc},
+    digitized Nullable(UInt8),
+    amount_vnd UInt64,
+    method {lc},
+    satisfied Nullable(UInt8),
+    direction {lc},
+    applicant_hash String,
+    topic_id {lc},
+    source_partition UInt16,
+    source_offset UInt64,
+    item_index Int32,
+    record_ms UInt64,
+    written_at DateTime('UTC') DEFAULT now()
+) ENGINE = ReplacingMergeTree
+PARTITION BY toYYYYMM(occurred_at)
+ORDER BY (province, event_type, occurred_at, topic_id, source_partition, source_offset, item_index)""",
+        f"""CREATE TABLE IF NOT EXISTS {db}.security_events (
+    event_id String,
+    occurred_at DateTime('UTC'),
+    occurred_ms UInt64,
+    province {lc},
+    agency {lc},
+    source {lc},
+    category {lc},
+    severity UInt8,
+    action {lc},
+    sensor {lc},
+    dst_asset String,
+    src_ip String,
+    rule_id String,
+    technique {lc},
+    count UInt32,
+    topic_id {lc},
+    source_partition UInt16,
+    source_offset UInt64,
+    item_index Int32,
+    record_ms UInt64,
+    written_at DateTime('UTC') DEFAULT now()
+) ENGINE = ReplacingMergeTree
+PARTITION BY toYYYYMM(occurred_at)
+ORDER BY (province, occurred_at, topic_id, source_partition, source_offset, item_index)""",
+        f"""CREATE TABLE IF NOT EXISTS {db}.service_minute (
+    window_start DateTime('UTC'),
+    province {lc},
+    agency {lc},
+    topic_id {lc},
+    source_partition UInt16,
+    version UInt64,
+    {service_counters},
+    written_at DateTime('UTC') DEFAULT now()
+) ENGINE = ReplacingMergeTree(version)
+PARTITION BY toYYYYMM(window_start)
+ORDER BY (province, agency, window_start, topic_id, source_partition)""",
+        f"""CREATE TABLE IF NOT EXISTS {db}.security_minute (
+    window_start DateTime('UTC'),
+    province {lc},
+    category {lc},
+    severity UInt8,
+    action {lc},
+    sensor {lc},
+    technique {lc},
+    topic_id {lc},
+    source_partition UInt16,
+    version UInt64,
+    {security_counters},
+    written_at DateTime('UTC') DEFAULT now()
+) ENGINE = ReplacingMergeTree(version)
+PARTITION BY toYYYYMM(window_start)
+ORDER BY (province, window_start, category, severity, action, sensor, technique, topic_id, source_partition)""",
+        f"""CREATE TABLE IF NOT EXISTS {db}.rejected_events (
+    topic String,
+    topic_id {lc},
+    source_partition UInt16,
+    source_offset UInt64,
+    item_index Int32,
+    record_ms UInt64,
+    rejected_at DateTime('UTC'),
+    reason String,
+    original String
+) ENGINE = ReplacingMergeTree
+PARTITION BY toYYYYMM(rejected_at)
+ORDER BY (topic_id, source_partition, source_offset, item_index)""",
+        # Ids of accepted events by arrival, to rebuild the de-duplication
+        # memory of a partition when a worker takes it over.
+        f"""CREATE TABLE IF NOT EXISTS {db}.seen_event_ids (
+    topic_id {lc},
+    source_partition UInt16,
+    record_ms UInt64,
+    source_offset UInt64,
+    event_id String
+) ENGINE = MergeTree
+PARTITION BY toYYYYMMDD(toDateTime(intDiv(record_ms, 1000)))
+ORDER BY (topic_id, source_partition, record_ms)""",
+        f"""CREATE TABLE IF NOT EXISTS {db}.schema_migrations (
+    version UInt32,
+    applied_at DateTime('UTC') DEFAULT now()
+) ENGINE = ReplacingMergeTree
+ORDER BY version""",
+    ]
+
+
+def migrate(store: Store) -> int:
+    """Create or upgrade the schema; returns the schema version. Safe to run twice."""
+    version = store.server_version()
+    for sql in statements(store.database, version):
+        store.execute(sql)
+    applied = store.query(f"SELECT count() FROM {store.table('schema_migrations')} WHERE version = {SCHEMA_VERSION}")
+    if not applied[0][0]:
+        store.insert("schema_migrations", ["version"], [[SCHEMA_VERSION]])
+    return SCHEMA_VERSION

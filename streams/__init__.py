@@ -1,0 +1,1 @@
+"""The stream processor: validate, de-duplicate, aggregate per source partition."""
