@@ -56,6 +56,9 @@ class Settings:
     flush_max_records: int = 2000
     memory_window_hours: float = 3.0
     clickhouse_timeout_s: float = 30.0
+    group_session_timeout_s: float = 10.0
+    group_rebalance_timeout_s: float = 10.0
+    group_heartbeat_s: float = 2.0
     provinces_file: str | None = None
     data_dir: str = "./var"
 
@@ -75,6 +78,9 @@ class Settings:
             flush_max_records=_int("OPSCENTRE_FLUSH_MAX_RECORDS", 2000, minimum=1),
             memory_window_hours=_float("OPSCENTRE_MEMORY_WINDOW_HOURS", 3.0),
             clickhouse_timeout_s=_float("OPSCENTRE_CLICKHOUSE_TIMEOUT_S", 30.0, minimum=1.0),
+            group_session_timeout_s=_float("OPSCENTRE_GROUP_SESSION_TIMEOUT_S", 10.0, minimum=1.0),
+            group_rebalance_timeout_s=_float("OPSCENTRE_GROUP_REBALANCE_TIMEOUT_S", 10.0, minimum=1.0),
+            group_heartbeat_s=_float("OPSCENTRE_GROUP_HEARTBEAT_S", 2.0, minimum=0.1),
             provinces_file=_env("OPSCENTRE_PROVINCES_FILE", None),
             data_dir=_env("OPSCENTRE_DATA_DIR", "./var"),  # type: ignore[arg-type]
         )
