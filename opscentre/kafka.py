@@ -26,7 +26,6 @@ def admin(bootstrap: str, timeout_s: float = 10.0) -> KafkaAdminClient:
         return KafkaAdminClient(
             bootstrap_servers=bootstrap.split(","),
             request_timeout_ms=int(timeout_s * 1000),
-            api_version_auto_timeout_ms=int(timeout_s * 1000),
             client_id="opscentre-admin",
         )
     except KafkaError as exc:

@@ -1,0 +1,233 @@
+"""The KPIs of CONTRACT §2, computed in ClickHouse.
+
+A period [from, to) is split into whole minutes, read from the per-minute
+tables, and the partial minutes at either end, read from the raw events, so
+any period is exact and the common minute-aligned one touches no raw data.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from opscentre.clickhouse import Store, quote
+from opscentre.measures import SERVICE_COUNTERS
+
+HIGH_SEVERITY = 4
+
+_RAW_SERVICE = {
+    "events": "count()",
+    "dossiers_received": "countIf(event_type = 'dossier.received')",
+    "dossiers_received_full_online": "countIf(event_type = 'dossier.received' AND service_level = 'full_online')",
+    "dossiers_received_partial_online": "countIf(event_type = 'dossier.received' AND service_level = 'partial_online')",
+    "dossiers_completed": "countIf(event_type = 'dossier.completed')",
+    "dossiers_completed_on_time": "countIf(event_type = 'dossier.completed' AND on_time = 1)",
+    "dossiers_cancelled": "countIf(event_type = 'dossier.cancelled')",
+    "payments_total": "countIf(event_type = 'payment.completed')",
+    "payments_online": "countIf(event_type = 'payment.completed' AND method = 'online')",
+    "payments_vnd": "sumIf(amount_vnd, event_type = 'payment.completed')",
+    "payments_online_vnd": "sumIf(amount_vnd, event_type = 'payment.completed' AND method = 'online')",
+    "feedback_received": "countIf(event_type = 'feedback.received')",
+    "feedback_resolved": "countIf(event_type = 'feedback.resolved')",
+    "feedback_resolved_on_time": "countIf(event_type = 'feedback.resolved' AND on_time = 1)",
+    "feedback_satisfied": "countIf(event_type = 'feedback.resolved' AND satisfied = 1)",
+    "documents_sent": "countIf(event_type = 'document.exchanged' AND direction = 'sent')",
+    "documents_received": "countIf(event_type = 'document.exchanged' AND direction = 'received')",
+}
+assert tuple(_RAW_SERVICE) == SERVICE_COUNTERS
+
+SECURITY_KEYS = ("security_alerts", "security_alerts_high_or_critical", "security_alerts_blocked")
+_MINUTE_SECURITY = (
+    "sum(alerts)", f"sumIf(alerts, severity >= {HIGH_SEVERITY})", "sumIf(alerts, action = 'blocked')",
+)
+_RAW_SECURITY = (
+    "sum(count)", f"sumIf(count, severity >= {HIGH_SEVERITY})", "sumIf(count, action = 'blocked')",
+)
+
+CONTRACT_KEYS = (
+    "province", "from", "to",
+    "dossiers_received", "dossiers_received_full_online", "dossiers_received_partial_online",
+    "dossiers_completed", "dossiers_completed_on_time", "dossiers_cancelled", "dossiers_overdue_open",
+    "full_online_rate", "on_time_rate",
+    "payments_total", "payments_online", "payments_online_vnd", "online_payment_rate",
+    "feedback_received", "feedback_resolved", "feedback_resolved_on_time", "feedback_satisfied",
+    "documents_sent", "documents_received",
+    "security_alerts", "security_alerts_high_or_critical", "security_alerts_blocked",
+)
+
+
+def parse_time(text: str) -> dt.datetime:
+    """RFC 3339 with an offset ('Z' allowed); raises ValueError with a one-line message."""
+    try:
+        value = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"expected an RFC 3339 time such as 2026-11-22T08:00:00+07:00, got {text!r}") from None
+    if value.tzinfo is None:
+        raise ValueError(f"time {text!r} has no offset (add +07:00 or Z)")
+    return value
+
+
+def _ms(value: dt.datetime) -> int:
+    return int(value.timestamp()) * 1000 + value.microsecond // 1000
+
+
+def rate(numerator: int, denominator: int):
+    return None if not denominator else round(numerator / denominator, 4)
+
+
+class Period:
+    """[from, to) as milliseconds, split into whole minutes and the partial edges."""
+
+    def __init__(self, start: dt.datetime, end: dt.datetime):
+        if end <= start:
+            raise ValueError("--to must be after --from")
+        self.start, self.end = start, end
+        self.start_ms, self.end_ms = _ms(start), _ms(end)
+        first_minute = -(-self.start_ms // 60000) * 60000
+        last_minute = self.end_ms // 60000 * 60000
+        if first_minute >= last_minute:  # no whole minute inside
+            self.minutes = None
+            self.edges = [(self.start_ms, self.end_ms)]
+        else:
+            self.minutes = (first_minute // 1000, last_minute // 1000)
+            self.edges = [(a, b) for a, b in ((self.start_ms, first_minute), (last_minute, self.end_ms)) if a < b]
+
+
+def _province_filter(province: str | None) -> str:
+    return "" if province is None else f" AND province = {quote(province)}"
+
+
+def _raw_range(a_ms: int, b_ms: int) -> str:
+    return (
+        f"occurred_at >= toDateTime({a_ms // 1000}) AND occurred_at <= toDateTime({b_ms // 1000}) "
+        f"AND occurred_ms >= {a_ms} AND occurred_ms < {b_ms}"
+    )
+
+
+def _add(totals: dict, province: str, keys, values) -> None:
+    row = totals.setdefault(province, {})
+    for key, value in zip(keys, values):
+        row[key] = row.get(key, 0) + int(value or 0)
+
+
+def counters(store: Store, period: Period, province: str | None) -> dict:
+    """{province: {counter: value}} for service and security counters over the period."""
+    totals: dict = {}
+    where_province = _province_filter(province)
+    if period.minutes:
+        a, b = period.minutes
+        minute_range = f"window_start >= toDateTime({a}) AND window_start < toDateTime({b})"
+        sums = ", ".join(f"sum({name})" for name in SERVICE_COUNTERS)
+        for row in store.query(
+            f"SELECT province, {sums} FROM {store.table('service_minute')} FINAL "
+            f"WHERE {minute_range}{where_province} GROUP BY province"
+        ):
+            _add(totals, row[0], SERVICE_COUNTERS, row[1:])
+        for row in store.query(
+            f"SELECT province, {', '.join(_MINUTE_SECURITY)} FROM {store.table('security_minute')} FINAL "
+            f"WHERE {minute_range}{where_province} GROUP BY province"
+        ):
+            _add(totals, row[0], SECURITY_KEYS, row[1:])
+    for a_ms, b_ms in period.edges:
+        for row in store.query(
+            f"SELECT province, {', '.join(_RAW_SERVICE.values())} FROM {store.table('service_events')} FINAL "
+            f"WHERE {_raw_range(a_ms, b_ms)}{where_province} GROUP BY province"
+        ):
+            _add(totals, row[0], SERVICE_COUNTERS, row[1:])
+        for row in store.query(
+            f"SELECT province, {', '.join(_RAW_SECURITY)} FROM {store.table('security_events')} FINAL "
+            f"WHERE {_raw_range(a_ms, b_ms)}{where_province} GROUP BY province"
+        ):
+            _add(totals, row[0], SECURITY_KEYS, row[1:])
+    return totals
+
+
+def overdue_open(store: Store, end_ms: int, province: str | None) -> dict:
+    """{province: dossiers received (at any time), not completed or cancelled before `to`, due before `to`}."""
+    sql = f"""
+SELECT received_province, count() FROM (
+    SELECT item_id,
+           anyIf(province, event_type = 'dossier.received') AS received_province,
+           minIf(toUInt32(assumeNotNull(due_at)), event_type = 'dossier.received') AS due_s,
+           countIf(event_type = 'dossier.received') AS received,
+           countIf(event_type IN ('dossier.completed', 'dossier.cancelled') AND occurred_ms < {end_ms}) AS closed
+    FROM {store.table('service_events')} FINAL
+    WHERE event_type IN ('dossier.received', 'dossier.completed', 'dossier.cancelled'){_province_filter(province)}
+    GROUP BY item_id
+) WHERE received > 0 AND closed = 0 AND due_s * 1000 < {end_ms}
+GROUP BY received_province"""
+    return {row[0]: int(row[1]) for row in store.query(sql)}
+
+
+def kpis(store: Store, province: str, start: dt.datetime, end: dt.datetime) -> list[dict]:
+    """One dict per province (CONTRACT §2 keys); `province='all'` for every province seen."""
+    period = Period(start, end)
+    selected = None if province == "all" else province
+    totals = counters(store, period, selected)
+    overdue = overdue_open(store, period.end_ms, selected)
+    provinces = sorted(set(totals) | set(overdue)) if selected is None else [selected]
+    results = []
+    for code in provinces:
+        c = totals.get(code, {})
+        g = lambda key: c.get(key, 0)  # noqa: E731
+        results.append({
+            "province": code,
+            "from": start.isoformat(),
+            "to": end.isoformat(),
+            "dossiers_received": g("dossiers_received"),
+            "dossiers_received_full_online": g("dossiers_received_full_online"),
+            "dossiers_received_partial_online": g("dossiers_received_partial_online"),
+            "dossiers_completed": g("dossiers_completed"),
+            "dossiers_completed_on_time": g("dossiers_completed_on_time"),
+            "dossiers_cancelled": g("dossiers_cancelled"),
+            "dossiers_overdue_open": overdue.get(code, 0),
+            "full_online_rate": rate(g("dossiers_received_full_online"), g("dossiers_received")),
+            "on_time_rate": rate(g("dossiers_completed_on_time"), g("dossiers_completed")),
+            "payments_total": g("payments_total"),
+            "payments_online": g("payments_online"),
+            "payments_online_vnd": g("payments_online_vnd"),
+            "online_payment_rate": rate(g("payments_online"), g("payments_total")),
+            "feedback_received": g("feedback_received"),
+            "feedback_resolved": g("feedback_resolved"),
+            "feedback_resolved_on_time": g("feedback_resolved_on_time"),
+            "feedback_satisfied": g("feedback_satisfied"),
+            "documents_sent": g("documents_sent"),
+            "documents_received": g("documents_received"),
+            "security_alerts": g("security_alerts"),
+            "security_alerts_high_or_critical": g("security_alerts_high_or_critical"),
+            "security_alerts_blocked": g("security_alerts_blocked"),
+        })
+    return results
+
+
+TABLE_COLUMNS = (
+    ("province", "province"), ("received", "dossiers_received"), ("full online", "full_online_rate"),
+    ("completed", "dossiers_completed"), ("on time", "on_time_rate"), ("overdue open", "dossiers_overdue_open"),
+    ("payments", "payments_total"), ("paid online", "online_payment_rate"),
+    ("feedback", "feedback_received"), ("resolved", "feedback_resolved"), ("documents", "documents_sent"),
+    ("alerts", "security_alerts"), ("high+", "security_alerts_high_or_critical"),
+)
+
+
+def _cell(key: str, value) -> str:
+    if value is None:
+        return "–"
+    if key.endswith("_rate"):
+        return f"{value * 100:.1f}%"
+    if key == "documents_sent":
+        return str(value)
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def format_table(results: list[dict]) -> str:
+    """A terminal table: one province per row (all keys are in --json)."""
+    if not results:
+        return "no events in this period"
+    header = [title for title, _ in TABLE_COLUMNS]
+    rows = [[_cell(key, r[key] if key != "documents_sent" else r["documents_sent"] + r["documents_received"])
+             for _, key in TABLE_COLUMNS] for r in results]
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
+    lines = [f"period {results[0]['from']} → {results[0]['to']}"]
+    lines.append("  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(header, widths))))
+    for row in rows:
+        lines.append("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))))
+    return "\n".join(lines)

@@ -1,0 +1,210 @@
+"""`opscentre`: the command line (CONTRACT §3).
+
+Every command prints --help; a wrong argument or an unreachable server gives
+one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import sys
+
+from .settings import Settings, SettingsError
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not usage + traceback
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see --help)\n")
+
+
+class CommandError(Exception):
+    """A failure the user can act on: printed as one line, exit status 2."""
+
+
+def _positive(kind):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+    return parse
+
+
+def _time(text):
+    from dashboards.kpi import parse_time
+
+    try:
+        return parse_time(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="opscentre", description="Streaming KPIs for a provincial operations centre.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+
+    run = commands.add_parser("run", help="the whole pipeline on this machine (embedded broker and ClickHouse)")
+    run.add_argument("--rate", type=_positive(float), default=2000.0, help="simulated events per second (default 2000)")
+    run.add_argument("--duration", type=_positive(float), help="stop after this many seconds (default: until Ctrl-C)")
+    run.add_argument("--seed", type=int, help="simulator seed (default: random)")
+
+    sim = commands.add_parser("simulate", help="realistic service-usage and security events into Kafka")
+    sim.add_argument("--rate", type=_positive(float), required=True, help="events per second")
+    sim.add_argument("--duration", type=_positive(float), required=True, help="seconds of traffic")
+    sim.add_argument("--seed", type=int, help="same seed and --start, same events (default: random)")
+    sim.add_argument("--start", type=_time, help="virtual start time, RFC 3339 (default: now)")
+    sim.add_argument("--no-pacing", action="store_true", help="send as fast as possible")
+
+    ingest = commands.add_parser("ingest", help="a JSONL file of events into Kafka, routed by event_type")
+    ingest.add_argument("path", help="JSONL file, or - for standard input")
+
+    commands.add_parser("worker", help="the stream processor and ClickHouse sink")
+
+    db = commands.add_parser("db", help="ClickHouse schema")
+    db_commands = db.add_subparsers(dest="db_command", metavar="ACTION", parser_class=_Parser)
+    db_commands.required = True
+    db_commands.add_parser("migrate", help="create or upgrade the schema (safe to run twice)")
+
+    kpi = commands.add_parser("kpi", help="KPIs of a province (or all) over a period [from, to)")
+    kpi.add_argument("--province", required=True, help="province code (e.g. 01), or 'all'")
+    kpi.add_argument("--from", dest="start", type=_time, required=True, help="RFC 3339, inclusive")
+    kpi.add_argument("--to", dest="end", type=_time, required=True, help="RFC 3339, exclusive")
+    kpi.add_argument("--json", action="store_true", help="one JSON object per province")
+    return parser
+
+
+def _store(settings: Settings):
+    from .clickhouse import connect
+
+    return connect(settings.require_clickhouse(), settings.clickhouse_timeout_s)
+
+
+def cmd_simulate(args, settings: Settings) -> int:
+    from producers.batching import BatchingProducer
+    from producers.simulator import simulate
+
+    from .kafka import ensure_topics
+    from .telemetry import serve_metrics
+
+    seed = args.seed if args.seed is not None else random.randrange(1 << 30)
+    ensure_topics(settings)
+    serve_metrics(settings)
+    producer = BatchingProducer(settings)
+    start_ms = int(args.start.timestamp() * 1000) if args.start else None
+    print(f"simulate: seed {seed}, {args.rate:g} events/s for {args.duration:g}s", file=sys.stderr)
+    try:
+        sent = simulate(producer, args.rate, args.duration, seed, start_ms, paced=not args.no_pacing)
+    except KeyboardInterrupt:
+        sent = producer.events_sent
+    producer.close()
+    print(f"simulate: sent {sent} events", file=sys.stderr)
+    return 0
+
+
+def cmd_ingest(args, settings: Settings) -> int:
+    from producers.batching import BatchingProducer
+    from producers.ingest import ingest
+
+    from .kafka import ensure_topics
+
+    if args.path != "-":
+        try:
+            open(args.path, "rb").close()
+        except OSError as exc:
+            raise CommandError(f"cannot read {args.path}: {exc.strerror}") from None
+    ensure_topics(settings)
+    producer = BatchingProducer(settings)
+    report = ingest(producer, args.path)
+    producer.close()
+    print(
+        f"ingest: {report.lines} lines, {report.events} events sent, "
+        f"{report.unparsed} lines not JSON objects (sent for rejection)",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_worker(args, settings: Settings) -> int:
+    from streams.app import run_worker
+
+    run_worker(settings, loglevel="info" if args.verbose else "warning")
+    return 0
+
+
+def cmd_db(args, settings: Settings) -> int:
+    from sinks.schema import migrate
+
+    store = _store(settings)
+    version = migrate(store)
+    print(f"schema version {version} ready in {store.describe()} (server {'.'.join(map(str, store.server_version()))})")
+    return 0
+
+
+def cmd_kpi(args, settings: Settings) -> int:
+    from dashboards.kpi import format_table, kpis
+
+    from .provinces import load_provinces
+
+    if args.province != "all" and args.province not in load_provinces(settings.provinces_file):
+        raise CommandError(f"unknown province code {args.province!r} (see the province list, or use 'all')")
+    if args.end <= args.start:
+        raise CommandError("--to must be after --from")
+    results = kpis(_store(settings), args.province, args.start, args.end)
+    if args.json:
+        for result in results:
+            print(json.dumps(result, ensure_ascii=False))
+    else:
+        print(format_table(results))
+    return 0
+
+
+def cmd_run(args, settings: Settings) -> int:
+    from .local import run_local
+
+    return run_local(settings, rate=args.rate, duration_s=args.duration, seed=args.seed)
+
+
+COMMANDS = {
+    "run": cmd_run, "simulate": cmd_simulate, "ingest": cmd_ingest, "worker": cmd_worker,
+    "db": cmd_db, "kpi": cmd_kpi,
+}
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from .clickhouse import StoreError
+    from .kafka import KafkaUnavailable
+
+    try:
+        settings = Settings.from_env()
+        return COMMANDS[args.command](args, settings)
+    except (SettingsError, CommandError, StoreError, KafkaUnavailable, OSError, ValueError) as exc:
+        print(f"opscentre {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # Kafka client errors and the like: still one line
+        from kafka.errors import KafkaError
+
+        if isinstance(exc, KafkaError):
+            print(f"opscentre {args.command}: Kafka error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())
