@@ -147,13 +147,13 @@ def overdue_open(store: Store, end_ms: int, province: str | None) -> dict:
 SELECT received_province, count() FROM (
     SELECT item_id,
            anyIf(province, event_type = 'dossier.received') AS received_province,
-           minIf(toUInt32(assumeNotNull(due_at)), event_type = 'dossier.received') AS due_s,
+           minIf(due_ms, event_type = 'dossier.received') AS due,
            countIf(event_type = 'dossier.received') AS received,
            countIf(event_type IN ('dossier.completed', 'dossier.cancelled') AND occurred_ms < {end_ms}) AS closed
     FROM {store.table('service_events')} FINAL
     WHERE event_type IN ('dossier.received', 'dossier.completed', 'dossier.cancelled'){_province_filter(province)}
     GROUP BY item_id
-) WHERE received > 0 AND closed = 0 AND due_s * 1000 < {end_ms}
+) WHERE received > 0 AND closed = 0 AND due < {end_ms}
 GROUP BY received_province"""
     return {row[0]: int(row[1]) for row in store.query(sql)}
 

@@ -25,7 +25,7 @@ FLUSH_FAILURES = Counter("opscentre_sink_flush_failures_total", "Flushes that fa
 
 SERVICE_RAW_COLUMNS = (
     "event_id", "event_type", "occurred_at", "occurred_ms", "province", "agency", "source", "item_id",
-    "procedure_code", "service_level", "channel", "due_at", "on_time", "result", "digitized", "amount_vnd",
+    "procedure_code", "service_level", "channel", "due_at", "due_ms", "on_time", "result", "digitized", "amount_vnd",
     "method", "satisfied", "direction", "applicant_hash",
     "topic_id", "source_partition", "source_offset", "item_index", "record_ms",
 )

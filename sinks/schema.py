@@ -48,6 +48,7 @@ def statements(database: str, server_version: tuple[int, ...]) -> list[str]:
     service_level {lc},
     channel {lc},
     due_at Nullable(DateTime('UTC')),
+    due_ms UInt64,
     on_time UInt8,
     result {lc},
     digitized Nullable(UInt8),

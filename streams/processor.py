@@ -173,7 +173,7 @@ class Processor:
                 continue
             c = row.counters
             c[0] += 1
-            due_s = None
+            due_ms = 0
             on_time = 0
             item_id = ""
             procedure = service_level = channel = result = method = direction = applicant = ""
@@ -187,7 +187,7 @@ class Processor:
                 elif service_level == "partial_online":
                     c[S["dossiers_received_partial_online"]] += 1
                 item_id, procedure, channel = event.dossier_id, event.procedure_code, event.channel
-                due_s = to_millis(event.due_at) // 1000
+                due_ms = to_millis(event.due_at)
                 if event.applicant_id is not None:
                     applicant = pseudonymise(self.pseudonym_key, event.applicant_id)
             elif cls is DossierCompleted:
@@ -197,7 +197,6 @@ class Processor:
                     on_time = 1
                     c[S["dossiers_completed_on_time"]] += 1
                 item_id, procedure, result = event.dossier_id, event.procedure_code, event.result
-                due_s = due_ms // 1000
                 digitized = None if event.digitized is None else int(event.digitized)
             elif cls is PaymentCompleted:
                 c[S["payments_total"]] += 1
@@ -214,7 +213,7 @@ class Processor:
             elif cls is FeedbackReceived:
                 c[S["feedback_received"]] += 1
                 item_id, channel = event.feedback_id, event.channel
-                due_s = to_millis(event.due_at) // 1000
+                due_ms = to_millis(event.due_at)
             elif cls is FeedbackResolved:
                 c[S["feedback_resolved"]] += 1
                 due_ms = to_millis(event.due_at)
@@ -225,7 +224,6 @@ class Processor:
                     c[S["feedback_satisfied"]] += 1
                 satisfied = None if event.satisfied is None else int(event.satisfied)
                 item_id = event.feedback_id
-                due_s = due_ms // 1000
             else:  # DocumentExchanged
                 direction = event.direction
                 c[S["documents_sent"] if direction == "sent" else S["documents_received"]] += 1
@@ -243,7 +241,8 @@ class Processor:
             raw["procedure_code"].append(procedure)
             raw["service_level"].append(service_level)
             raw["channel"].append(channel)
-            raw["due_at"].append(due_s)
+            raw["due_at"].append(due_ms // 1000 if due_ms else None)
+            raw["due_ms"].append(due_ms)
             raw["on_time"].append(on_time)
             raw["result"].append(result)
             raw["digitized"].append(digitized)

@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
+import signal
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -82,3 +83,107 @@ class ClickHouseServer:
 
 def unique_name(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex[:8]}"
+
+
+class WorkerProcess:
+    """`opscentre worker` as a child process."""
+
+    def __init__(self, env: dict, log_path: str):
+        self.env = env
+        self.log_path = log_path
+        self.process = None
+
+    def start(self) -> "WorkerProcess":
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "opscentre.cli", "-v", "worker"],
+            env=self.env, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+        )
+        return self
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, sig=signal.SIGTERM, timeout_s: float = 30.0) -> None:
+        if self.running():
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def log(self) -> str:
+        return open(self.log_path, encoding="utf-8", errors="replace").read()[-4000:]
+
+
+class Pipeline:
+    """One test's topics, group and database, with helpers to run workers and read results."""
+
+    def __init__(self, bootstrap: str, clickhouse_url: str, tmp_path):
+        self.prefix = unique_name("oc")
+        self.tmp_path = tmp_path
+        self.env = dict(
+            os.environ,
+            OPSCENTRE_KAFKA=bootstrap,
+            OPSCENTRE_CLICKHOUSE=clickhouse_url,
+            OPSCENTRE_TOPIC_PREFIX=self.prefix,
+            OPSCENTRE_CONSUMER_GROUP=f"{self.prefix}-worker",
+            OPSCENTRE_PSEUDONYM_KEY="test-key",
+            OPSCENTRE_GROUP_SESSION_TIMEOUT_S="6",
+            OPSCENTRE_GROUP_REBALANCE_TIMEOUT_S="5",
+            OPSCENTRE_GROUP_HEARTBEAT_S="1",
+            OPSCENTRE_FLUSH_INTERVAL_S="0.5",
+            OPSCENTRE_PARTITIONS="4",
+        )
+        self.workers: list[WorkerProcess] = []
+        self.settings = self._settings()
+
+    def _settings(self):
+        from opscentre.settings import Settings
+
+        saved = dict(os.environ)
+        os.environ.update(self.env)
+        try:
+            return Settings.from_env()
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+
+    def use_clickhouse(self, url: str) -> None:
+        self.env["OPSCENTRE_CLICKHOUSE"] = url
+        self.settings = self._settings()
+
+    def start_worker(self) -> WorkerProcess:
+        from opscentre.embedded import free_port
+
+        env = dict(self.env, OPSCENTRE_METRICS_ADDR=f"127.0.0.1:{free_port()}")
+        worker = WorkerProcess(env, str(self.tmp_path / f"worker{len(self.workers)}.log")).start()
+        worker.metrics_port = int(env["OPSCENTRE_METRICS_ADDR"].rsplit(":", 1)[1])
+        self.workers.append(worker)
+        return worker
+
+    def stop_all(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+
+    def store(self):
+        from opscentre.clickhouse import connect
+
+        return connect(self.settings.clickhouse)
+
+    def wait_for(self, predicate, timeout_s: float = 90.0, what: str = "condition") -> None:
+        deadline = time.monotonic() + timeout_s
+        last_error = None
+        while time.monotonic() < deadline:
+            try:
+                if predicate():
+                    return
+            except Exception as exc:  # tables may not exist yet
+                last_error = exc
+            for worker in self.workers:
+                if worker.process.poll() not in (None, 0, -signal.SIGKILL, -signal.SIGTERM):
+                    raise AssertionError(f"worker died: {worker.log()}")
+            time.sleep(0.5)
+        logs = "\n".join(w.log() for w in self.workers)
+        raise AssertionError(f"timed out waiting for {what} (last error: {last_error})\n{logs}")
