@@ -186,6 +186,10 @@ def main(argv=None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:
+        # Client libraries log every failed connection attempt; the command reports the outcome once.
+        for noisy in ("kafka", "clickhouse_driver", "aiokafka"):
+            logging.getLogger(noisy).setLevel(logging.CRITICAL)
     from .clickhouse import StoreError
     from .kafka import KafkaUnavailable
 

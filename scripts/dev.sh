@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Set-up on a fresh Debian machine (root, no Docker), then run the pipeline or the tests.
+#   bash scripts/dev.sh run [opscentre run options]   # the whole pipeline, embedded broker and ClickHouse
+#   bash scripts/dev.sh test [pytest options]         # the test suite on real Tansu and clickhouse-server
+set -euo pipefail
+cd "$(dirname "$0")/.."
+action="${1:-}"; shift || true
+case "$action" in run|test|setup) ;; *) echo "usage: bash scripts/dev.sh run|test|setup [args]" >&2; exit 2 ;; esac
+
+SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+packages=()
+command -v python3 >/dev/null || packages+=(python3)
+python3 -c "import venv, ensurepip" 2>/dev/null || packages+=(python3-venv python3-pip)
+if [ "$action" = test ]; then
+  command -v clickhouse-server >/dev/null || packages+=(clickhouse-server clickhouse-client)
+fi
+if [ ${#packages[@]} -gt 0 ]; then
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${packages[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+stamp=.venv/.installed-$(sha1sum pyproject.toml | cut -c1-12)
+if [ ! -f "$stamp" ]; then
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q -e '.[test]'
+  touch "$stamp"
+fi
+
+case "$action" in
+  run)  exec .venv/bin/opscentre run "$@" ;;
+  test) exec .venv/bin/python -m pytest "$@" ;;
+  setup) echo "ready: .venv/bin/opscentre" ;;
+esac
