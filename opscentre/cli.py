@@ -70,6 +70,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("worker", help="the stream processor and ClickHouse sink")
 
+    replay = commands.add_parser(
+        "replay", help="reprocess a range of the event topics into ClickHouse (running it twice changes nothing)")
+    replay.add_argument("--from-offsets", help="'earliest' or TOPIC:PARTITION:OFFSET,... (inclusive)")
+    replay.add_argument("--to-offsets", help="TOPIC:PARTITION:OFFSET,... (exclusive; default: the end)")
+    replay.add_argument("--from", dest="start", type=_time,
+                        help="RFC 3339; resolved per partition by offsets_for_times (Tansu: by arrival time)")
+    replay.add_argument("--to", dest="end", type=_time, help="RFC 3339, exclusive")
+    replay.add_argument("--into", metavar="DATABASE", help="write into this database instead (what-if runs)")
+
     db = commands.add_parser("db", help="ClickHouse schema")
     db_commands = db.add_subparsers(dest="db_command", metavar="ACTION", parser_class=_Parser)
     db_commands.required = True
@@ -168,6 +177,35 @@ def cmd_kpi(args, settings: Settings) -> int:
     return 0
 
 
+def cmd_replay(args, settings: Settings) -> int:
+    from streams.replay import ReplayError, parse_offsets, replay
+
+    from .clickhouse import connect, with_database
+
+    if (args.from_offsets is None) == (args.start is None):
+        raise CommandError("give either --from-offsets or --from")
+    if args.to_offsets and args.start is not None or args.end is not None and args.from_offsets is not None:
+        raise CommandError("--to-offsets goes with --from-offsets, --to with --from")
+    try:
+        start = parse_offsets(args.from_offsets, settings.event_topics) if args.from_offsets else None
+        end = parse_offsets(args.to_offsets, settings.event_topics) if args.to_offsets else None
+    except ReplayError as exc:
+        raise CommandError(str(exc)) from None
+    if end == "earliest":
+        raise CommandError("--to-offsets takes TOPIC:PARTITION:OFFSET,...")
+    url = settings.require_clickhouse()
+    if args.into:
+        url = with_database(url, args.into)
+    store = connect(url, settings.clickhouse_timeout_s)
+    to_ms = lambda t: None if t is None else int(t.timestamp() * 1000)  # noqa: E731
+    try:
+        report = replay(settings, store, start=start, end=end, start_ms=to_ms(args.start), end_ms=to_ms(args.end))
+    except ReplayError as exc:
+        raise CommandError(str(exc)) from None
+    print(f"replay: {report.records:,} records in {report.seconds:.1f}s into {store.describe()}", file=sys.stderr)
+    return 0
+
+
 def cmd_run(args, settings: Settings) -> int:
     from .local import run_local
 
@@ -176,7 +214,7 @@ def cmd_run(args, settings: Settings) -> int:
 
 COMMANDS = {
     "run": cmd_run, "simulate": cmd_simulate, "ingest": cmd_ingest, "worker": cmd_worker,
-    "db": cmd_db, "kpi": cmd_kpi,
+    "db": cmd_db, "kpi": cmd_kpi, "replay": cmd_replay,
 }
 
 

@@ -193,6 +193,15 @@ class ChdbStore(Store):
         self._query(f"INSERT INTO {self.table(table)} ({', '.join(columns)}) SELECT * FROM Python(batch)")
 
 
+def with_database(url: str, database: str) -> str:
+    """The same server (or chDB path) with another database."""
+    _check_identifier(database)
+    parsed = urlparse(url)
+    if parsed.scheme == "chdb":
+        return parsed._replace(query=f"database={database}").geturl()
+    return parsed._replace(path="/" + database).geturl()
+
+
 def connect(url: str, timeout_s: float = 30.0) -> Store:
     """Open the store an `OPSCENTRE_CLICKHOUSE` URL names."""
     scheme = urlparse(url).scheme

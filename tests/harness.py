@@ -70,7 +70,7 @@ class ClickHouseServer:
     def url(self, database: str = "opscentre") -> str:
         return f"clickhouse://default@127.0.0.1:{self.tcp_port}/{database}"
 
-    def stop(self) -> None:
+    def stop(self, keep_data: bool = False) -> None:
         if self.process and self.process.poll() is None:
             self.process.terminate()
             try:
@@ -78,7 +78,8 @@ class ClickHouseServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if not keep_data:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def unique_name(prefix: str) -> str:

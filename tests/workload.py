@@ -42,7 +42,8 @@ class Workload:
 
     # -- sending ------------------------------------------------------------------------
 
-    def send(self, settings, events=None, singles_share=0.1, duplicate_share=0.05, with_bad=True) -> None:
+    def send(self, settings, events=None, singles_share=0.1, duplicate_share=0.05, with_bad=True,
+             seconds: float = 0.0) -> None:
         """Send `events` (default: all valid ones) as batches and single records, with duplicates and bad input."""
         from producers.batching import BatchingProducer
 
@@ -57,7 +58,13 @@ class Workload:
             single.send(topics[kind], key=_key(event).encode(), value=raw or json.dumps(event).encode())
 
         bad_items = self._bad_items(events) if with_bad else []
+        started = time.monotonic()
         for position, event in enumerate(events):
+            if seconds and position % 50 == 0:  # spread the stream over `seconds`
+                batcher.flush()
+                ahead = started + seconds * position / len(events) - time.monotonic()
+                if ahead > 0:
+                    time.sleep(ahead)
             if rng.random() < singles_share:
                 send_single(event)
             else:

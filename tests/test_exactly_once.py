@@ -1,0 +1,127 @@
+"""Exact KPIs whatever the delivery: crash, rebalance, replay, late data, ClickHouse outage."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from opscentre.kafka import ensure_topics
+from tests.harness import ClickHouseServer
+from tests.test_pipeline import assert_kpis_match, stored_events
+from tests.workload import Workload
+
+pytestmark = pytest.mark.integration
+
+
+def start_of_minute_ms(hours_ago: float) -> int:
+    return int(time.time() - hours_ago * 3600) // 60 * 60 * 1000
+
+
+def send_in_background(workload, settings, seconds, **kwargs) -> threading.Thread:
+    thread = threading.Thread(target=workload.send, args=(settings,), kwargs=dict(seconds=seconds, **kwargs))
+    thread.start()
+    return thread
+
+
+def periods(start_ms):
+    return [(start_ms - 3_600_000, start_ms + 3_600_000), (start_ms + 90_500, start_ms + 250_250)]
+
+
+def settle(pipeline, expected_count) -> None:
+    pipeline.wait_for(lambda: stored_events(pipeline) >= expected_count, what="all events stored", timeout_s=120)
+    time.sleep(2)
+
+
+def test_worker_killed_mid_stream_and_restarted(pipeline):
+    ensure_topics(pipeline.settings)
+    start_ms = start_of_minute_ms(2)
+    workload = Workload(seed=31, start_ms=start_ms, events=6000, rate=20.0)
+    worker = pipeline.start_worker()
+    sender = send_in_background(workload, pipeline.settings, seconds=12, with_bad=False)
+    pipeline.wait_for(lambda: stored_events(pipeline) > 1000, what="worker under way")
+    worker.stop(signal.SIGKILL)
+    assert stored_events(pipeline) < 5900, "the kill must land mid-stream"
+    pipeline.start_worker()
+    sender.join()
+    expected = workload.unique_valid()
+    settle(pipeline, len(expected))
+    assert stored_events(pipeline) == len(expected)
+    assert_kpis_match(pipeline, expected, periods(start_ms))
+
+
+def test_second_worker_joins_then_leaves(pipeline):
+    ensure_topics(pipeline.settings)
+    start_ms = start_of_minute_ms(2)
+    workload = Workload(seed=32, start_ms=start_ms, events=8000, rate=25.0)
+    pipeline.start_worker()
+    sender = send_in_background(workload, pipeline.settings, seconds=24, with_bad=False)
+    pipeline.wait_for(lambda: stored_events(pipeline) > 1000, what="first worker under way")
+    second = pipeline.start_worker()
+    pipeline.wait_for(lambda: stored_events(pipeline) > 4000, what="both workers under way")
+    second.stop(signal.SIGTERM)
+    sender.join()
+    expected = workload.unique_valid()
+    settle(pipeline, len(expected))
+    assert stored_events(pipeline) == len(expected)
+    assert_kpis_match(pipeline, expected, periods(start_ms))
+
+
+def replay(pipeline, *args) -> str:
+    result = subprocess.run([sys.executable, "-m", "opscentre.cli", "replay", *args], env=pipeline.env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return result.stderr
+
+
+def test_replay_twice_changes_nothing_and_into_reproduces(pipeline):
+    ensure_topics(pipeline.settings)
+    start_ms = start_of_minute_ms(2)
+    workload = Workload(seed=33, start_ms=start_ms, events=3000, rate=10.0)
+    worker = pipeline.start_worker()
+    workload.send(pipeline.settings)
+    expected = workload.unique_valid()
+    settle(pipeline, len(expected))
+    worker.stop()
+    assert_kpis_match(pipeline, expected, periods(start_ms))
+
+    replay(pipeline, "--from-offsets", "earliest")
+    replay(pipeline, "--from-offsets", "earliest")
+    assert stored_events(pipeline) == len(expected)
+    assert_kpis_match(pipeline, expected, periods(start_ms))
+
+    # A what-if copy from the same offsets gives the same numbers.
+    replay(pipeline, "--from-offsets", "earliest", "--into", pipeline.store().database + "_copy")
+    pipeline.use_clickhouse(pipeline.env["OPSCENTRE_CLICKHOUSE"] + "_copy")
+    assert_kpis_match(pipeline, expected, periods(start_ms))
+
+
+def test_clickhouse_unreachable_for_30_seconds(kafka_bootstrap, tmp_path):
+    from tests.harness import Pipeline
+
+    server = ClickHouseServer().start()
+    pipeline = Pipeline(kafka_bootstrap, server.url("outage"), tmp_path)
+    pipeline.env["OPSCENTRE_CLICKHOUSE_TIMEOUT_S"] = "5"
+    try:
+        ensure_topics(pipeline.settings)
+        start_ms = start_of_minute_ms(2)
+        workload = Workload(seed=34, start_ms=start_ms, events=5000, rate=20.0)
+        worker = pipeline.start_worker()
+        sender = send_in_background(workload, pipeline.settings, seconds=20)
+        pipeline.wait_for(lambda: stored_events(pipeline) > 500, what="worker under way")
+        server.stop(keep_data=True)
+        time.sleep(30)
+        assert worker.running(), "the worker must wait for ClickHouse, not exit"
+        server.start()
+        sender.join()
+        expected = workload.unique_valid()
+        settle(pipeline, len(expected))
+        assert stored_events(pipeline) == len(expected)
+        assert_kpis_match(pipeline, expected, periods(start_ms))
+    finally:
+        pipeline.stop_all()
+        server.stop()
