@@ -9,7 +9,6 @@ with a reason a person can act on.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import hmac
 from typing import Annotated, ClassVar, Literal, NamedTuple, Union
 
@@ -24,11 +23,25 @@ Code = Annotated[str, Meta(min_length=1, max_length=64)]
 ItemId = Annotated[str, Meta(min_length=1, max_length=128)]
 
 
+_OFFSET_MS: dict = {}  # tzinfo -> its UTC offset in ms (msgspec reuses one tzinfo per offset)
+
+
 def to_millis(ts: int | _dt.datetime) -> int:
-    """Epoch milliseconds of an `occurred_at`/`due_at` value as decoded."""
+    """Epoch milliseconds of an `occurred_at`/`due_at` value as decoded.
+
+    Plain arithmetic on the fields: twice as fast as datetime.timestamp(),
+    and this runs for nearly every event.
+    """
     if type(ts) is int:
         return ts
-    return int(ts.timestamp()) * 1000 + ts.microsecond // 1000  # type: ignore[union-attr]
+    tz = ts.tzinfo
+    offset = _OFFSET_MS.get(tz)
+    if offset is None:
+        offset = _OFFSET_MS[tz] = int(ts.utcoffset().total_seconds() * 1000)
+    return (
+        ((ts.toordinal() - 719163) * 86400 + ts.hour * 3600 + ts.minute * 60 + ts.second) * 1000
+        + ts.microsecond // 1000 - offset
+    )
 
 
 class Event(Struct, tag_field="event_type", kw_only=True, frozen=True):
@@ -135,7 +148,31 @@ def routing_key(event: dict) -> str | None:
 
 def pseudonymise(key: bytes, identifier: str) -> str:
     """Keyed hash of a personal identifier (HMAC-SHA256, hex)."""
-    return hmac.new(key, identifier.encode(), hashlib.sha256).hexdigest()
+    return hmac.digest(key, identifier.encode(), "sha256").hex()
+
+
+class Pseudonymiser:
+    """HMAC-SHA256 with the key's inner and outer states computed once (RFC 2104).
+
+    Same result as pseudonymise(), in less than half the time: this runs for
+    every dossier received.
+    """
+
+    def __init__(self, key: bytes):
+        import hashlib
+
+        if len(key) > 64:
+            key = hashlib.sha256(key).digest()
+        key = key.ljust(64, b"\0")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
+
+    def __call__(self, identifier: str) -> str:
+        inner = self._inner.copy()
+        inner.update(identifier.encode())
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.hexdigest()
 
 
 class Rejection(NamedTuple):
@@ -149,6 +186,7 @@ class Rejection(NamedTuple):
 class Decoded(NamedTuple):
     events: list  # valid events
     indexes: list  # item index of each valid event (None for a single-event record)
+    occurred_ms: list  # occurred_at of each valid event, epoch milliseconds
     rejections: list  # Rejection
 
 
@@ -167,7 +205,7 @@ class Validator:
 
     def decode(self, value: bytes | None, now_ms: int) -> Decoded:
         if value is None:
-            return Decoded([], [], [Rejection(None, "record has no value (expected a JSON event or array of events)", b"")])
+            return Decoded([], [], [], [Rejection(None, "record has no value (expected a JSON event or array of events)", b"")])
         try:
             decoded = _BATCH.decode(value)
         except msgspec.DecodeError:
@@ -182,12 +220,12 @@ class Validator:
         try:
             items = _RAW_ITEMS.decode(value)
         except msgspec.DecodeError as exc:
-            return Decoded([], [], [Rejection(None, _record_reason(value, exc), value)])
+            return Decoded([], [], [], [Rejection(None, _record_reason(value, exc), value)])
         if type(items) is dict:
             try:
                 return self._check([_ONE.decode(value)], [None], [], now_ms, value)
             except msgspec.DecodeError as exc:
-                return Decoded([], [], [Rejection(None, _item_reason(value, exc), value)])
+                return Decoded([], [], [], [Rejection(None, _item_reason(value, exc), value)])
         events, indexes, rejections = [], [], []
         for index, raw in enumerate(items):
             item = bytes(raw)
@@ -202,12 +240,13 @@ class Validator:
         """Checks msgspec cannot express: the province list and the future limit."""
         provinces = self.provinces
         latest = now_ms + self.max_future_ms
+        occurred_ms = [to_millis(event.occurred_at) for event in events]
         bad = None
         raw_items = None
         for position, event in enumerate(events):
             if event.province not in provinces:
                 reason = f"field 'province': unknown province code {event.province!r}"
-            elif to_millis(event.occurred_at) > latest:
+            elif occurred_ms[position] > latest:
                 reason = (
                     f"field 'occurred_at': {_iso(event.occurred_at)} is more than "
                     f"{self.max_future_ms // 60000} minutes in the future"
@@ -225,11 +264,13 @@ class Validator:
                 original = bytes(raw_items[index])
             rejections.append(Rejection(index, reason, original))
         if bad:
-            events = [e for p, e in enumerate(events) if p not in bad]
-            indexes = [i for p, i in enumerate(indexes) if p not in bad]
+            keep = [p for p in range(len(events)) if p not in bad]
+            events = [events[p] for p in keep]
+            indexes = [indexes[p] for p in keep]
+            occurred_ms = [occurred_ms[p] for p in keep]
         if rejections:
             rejections.sort(key=lambda r: -1 if r.item_index is None else r.item_index)
-        return Decoded(events, indexes, rejections)
+        return Decoded(events, indexes, occurred_ms, rejections)
 
 
 def _iso(ts) -> str:

@@ -10,8 +10,10 @@ by the row versions (see streams.processor) and does not count twice.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import faust
 from prometheus_client import Gauge
@@ -23,16 +25,21 @@ from opscentre.settings import Settings
 from opscentre.telemetry import serve_metrics
 from sinks.clickhouse_sink import FLUSH_FAILURES, ClickHouseSink
 from sinks.schema import migrate
+from sinks.writer_process import WriterProcess
 
 from .processor import Processor
 
 log = logging.getLogger("opscentre.worker")
 
 LAG = Gauge("opscentre_stream_consumer_lag", "Records behind the partition's end offset", ["topic", "partition"])
+# A snapshot is also taken after this many events, whatever the time (bounds memory and write size).
+FLUSH_MAX_EVENTS = 200_000
 STORE_UP = Gauge("opscentre_stream_clickhouse_up", "1 while the last ClickHouse write succeeded")
 
 
-def build_app(settings: Settings, processor: Processor) -> faust.App:
+def build_app(settings: Settings, processor: Processor, writer=None) -> faust.App:
+    """The worker's Faust app; `writer.write(batch)` stores snapshots (default: the processor's sink)."""
+    writer = writer or processor.sink
     bootstrap = settings.require_kafka()
     app = faust.App(
         settings.consumer_group,
@@ -54,20 +61,52 @@ def build_app(settings: Settings, processor: Processor) -> faust.App:
     source = app.topic(*settings.event_topics, key_serializer="raw", value_serializer="raw")
     dead_letters = app.topic(settings.dead_letter_topic, key_serializer="raw", value_serializer="raw")
     lock = asyncio.Lock()
-    loop_executor = None
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse-writer")
+    # The snapshot being written while the next records are processed, and the events it stores.
+    in_flight: list = []  # [(future, snapshot, events)] — at most one
+    streams: list = []
 
-    async def store_everything() -> None:
-        """Flush until ClickHouse takes it; consumption pauses meanwhile (nothing is dropped)."""
+    def write_until_stored(snapshot) -> None:
+        """Runs in the writer thread: retry until ClickHouse takes it; consumption pauses meanwhile."""
         delay = 0.5
         while True:
             try:
-                await asyncio.get_running_loop().run_in_executor(loop_executor, processor.flush)
+                writer.write(snapshot.batch)
                 STORE_UP.set(1)
                 return
             except StoreError as exc:
                 STORE_UP.set(0)
                 FLUSH_FAILURES.inc()
                 log.warning("ClickHouse write failed, retrying in %.1fs: %s", delay, exc)
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    processor.wait_for_writes = lambda: [future.result() for future, _, _ in in_flight]
+
+    async def finish_in_flight() -> None:
+        """Wait for the snapshot in flight, record it as stored, then acknowledge its records."""
+        while in_flight:
+            future, snapshot, events = in_flight[0]
+            await asyncio.wrap_future(future)
+            in_flight.pop(0)
+            processor.commit(snapshot)
+            for event in events:
+                await streams[0].ack(event)
+
+    async def start_write(events) -> None:
+        await finish_in_flight()
+        snapshot = await prepare_with_retry()
+        future = executor.submit(write_until_stored, snapshot)
+        in_flight.append((future, snapshot, events))
+
+    async def prepare_with_retry():
+        delay = 0.5
+        while True:
+            try:
+                return processor.prepare()  # reads ClickHouse only for rows that left memory
+            except StoreError as exc:
+                STORE_UP.set(0)
+                log.warning("ClickHouse read failed, retrying in %.1fs: %s", delay, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
 
@@ -85,30 +124,58 @@ def build_app(settings: Settings, processor: Processor) -> faust.App:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
 
+    pending: list = []  # events processed since the last snapshot
+    last_snapshot = [time.monotonic()]
+
+    def snapshot_due() -> bool:
+        return (
+            len(pending) >= settings.flush_max_records
+            or processor.pending_events() >= FLUSH_MAX_EVENTS
+            or time.monotonic() - last_snapshot[0] >= settings.flush_interval_s
+        )
+
+    async def snapshot_pending() -> None:
+        events = list(pending)
+        pending.clear()
+        last_snapshot[0] = time.monotonic()
+        await start_write(events)
+
     @app.agent(source)
     async def process(stream):
-        async for batch in stream.noack_take(settings.flush_max_records, within=settings.flush_interval_s):
+        streams.append(stream)
+        async for event in stream.noack().events():
             async with lock:
-                highest = {}
-                for event in batch:
-                    message = event.message
-                    for key, value in await apply_with_retry(message):
-                        await dead_letters.send(key=key, value=value)
-                    highest[message.tp] = message.offset
-                await app.producer.flush()
-                await store_everything()
-            for event in batch:
-                await stream.ack(event)
-            for tp, offset in highest.items():
-                end = app.consumer.highwater(tp)
-                if end is not None:
-                    LAG.labels(tp.topic, str(tp.partition)).set(max(0, end - offset - 1))
+                message = event.message
+                letters = await apply_with_retry(message)
+                for key, value in letters:
+                    await dead_letters.send(key=key, value=value)
+                if letters:
+                    await app.producer.flush()  # dead letters are out before their record is acknowledged
+                pending.append(event)
+                if snapshot_due():
+                    await snapshot_pending()
+            end = app.consumer.highwater(message.tp)
+            if end is not None:
+                LAG.labels(message.topic, str(message.partition)).set(max(0, end - message.offset - 1))
+
+    @app.timer(interval=max(0.1, settings.flush_interval_s / 2))
+    async def write_when_idle() -> None:
+        # No record arrived to trigger the snapshot or acknowledge a finished write: do it here.
+        if lock.locked():
+            return
+        async with lock:
+            if pending and time.monotonic() - last_snapshot[0] >= settings.flush_interval_s:
+                await snapshot_pending()
+            elif in_flight and in_flight[0][0].done():
+                await finish_in_flight()
 
     @app.on_partitions_revoked.connect
     async def on_revoked(app_, revoked, **kwargs) -> None:
         async with lock:
-            if processor.has_pending():
-                await store_everything()
+            await finish_in_flight()
+            if pending or processor.has_pending():
+                await snapshot_pending()
+                await finish_in_flight()
             processor.release({(tp.topic, tp.partition) for tp in revoked})
 
     return app
@@ -128,6 +195,13 @@ def run_worker(settings: Settings, loglevel: str = "warning") -> None:
         settings, ids, ClickHouseSink(store), settings.require_pseudonym_key(),
         load_provinces(settings.provinces_file), clock=time.time,
     )
-    app = build_app(settings, processor)
+    writer = None
+    if not settings.clickhouse.startswith("chdb:"):
+        writer = WriterProcess(settings.clickhouse, settings.clickhouse_timeout_s)
+    app = build_app(settings, processor, writer)
+    # Rows wait in memory between writes; with the default thresholds the collector walks them
+    # again and again. Freeze what start-up allocated and collect young objects less often.
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
     worker = Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()

@@ -1,9 +1,9 @@
 """Memory of recently accepted event ids, per source partition.
 
 Time is the record's timestamp, not the wall clock, so a replay of the same
-records makes the same decisions. Ids live in buckets of a tenth of the
-horizon; a whole bucket is forgotten at once, so an id is remembered for
-between 1.0 and 1.1 horizons.
+records makes the same decisions. An event is a duplicate when its id was
+accepted at most `horizon_ms` earlier (by record time). Ids are forgotten in
+buckets of a tenth of the horizon, so memory holds at most 1.1 horizons of ids.
 """
 
 from __future__ import annotations
@@ -12,40 +12,44 @@ from collections import deque
 
 
 class RecentIds:
-    __slots__ = ("horizon_ms", "bucket_ms", "_buckets", "_current", "_current_start")
+    __slots__ = ("horizon_ms", "bucket_ms", "_first_seen", "_buckets", "_current", "_current_start")
 
     def __init__(self, horizon_ms: int):
-        self.horizon_ms = max(int(horizon_ms), 1)
+        self.horizon_ms = max(int(horizon_ms), 0)
         self.bucket_ms = max(self.horizon_ms // 10, 1)
-        self._buckets: deque[tuple[int, set]] = deque()  # (bucket start, ids), oldest first
-        self._current: set = set()
+        self._first_seen: dict = {}  # event_id -> record time it was accepted
+        self._buckets: deque = deque()  # (bucket start, ids accepted in it), oldest first
+        self._current: list = []
         self._current_start = -1
 
     def __len__(self) -> int:
-        return len(self._current) + sum(len(ids) for _, ids in self._buckets)
+        return len(self._first_seen)
 
     def _advance(self, ts_ms: int) -> None:
         start = ts_ms - ts_ms % self.bucket_ms
-        if start <= self._current_start:
-            return
         if self._current:
             self._buckets.append((self._current_start, self._current))
-        self._current = set()
+        self._current = []
         self._current_start = start
-        oldest_kept = start - self.horizon_ms
-        while self._buckets and self._buckets[0][0] < oldest_kept:
-            self._buckets.popleft()
+        forget_before = start - self.horizon_ms - self.bucket_ms
+        first_seen = self._first_seen
+        while self._buckets and self._buckets[0][0] < forget_before:
+            bucket_start, ids = self._buckets.popleft()
+            bucket_end = bucket_start + self.bucket_ms
+            for event_id in ids:
+                seen = first_seen.get(event_id)
+                if seen is not None and seen < bucket_end:  # not accepted again since
+                    del first_seen[event_id]
 
     def add_if_new(self, event_id: str, ts_ms: int) -> bool:
-        """Remember `event_id`; False when it was seen within the horizon."""
-        if ts_ms > self._current_start:
-            self._advance(ts_ms)
-        if event_id in self._current:
+        """Remember `event_id`; False when it was accepted within the horizon."""
+        seen = self._first_seen.get(event_id)
+        if seen is not None and ts_ms - seen <= self.horizon_ms:
             return False
-        for _, ids in self._buckets:
-            if event_id in ids:
-                return False
-        self._current.add(event_id)
+        if ts_ms >= self._current_start + self.bucket_ms:
+            self._advance(ts_ms)
+        self._first_seen[event_id] = ts_ms
+        self._current.append(event_id)
         return True
 
     def preload(self, ids_with_ts) -> None:

@@ -16,13 +16,14 @@ from __future__ import annotations
 import base64
 import logging
 import time
+from typing import NamedTuple
 
 import msgspec
 from prometheus_client import Counter, Gauge, Histogram
 
 from opscentre.events import (
     DocumentExchanged, DossierCancelled, DossierCompleted, DossierReceived, FeedbackReceived,
-    FeedbackResolved, PaymentCompleted, SecurityAlert, Validator, pseudonymise, to_millis,
+    FeedbackResolved, PaymentCompleted, Pseudonymiser, SecurityAlert, Validator, to_millis,
 )
 from opscentre.measures import SECURITY_COUNTERS, SERVICE_COUNTERS
 from sinks.clickhouse_sink import SECURITY_MINUTE, SERVICE_MINUTE, ClickHouseSink, WriteBatch
@@ -43,10 +44,26 @@ LATENCY = Histogram(
 LAST_WINDOW = Gauge("opscentre_stream_last_window_written_seconds", "Start of the latest minute written (epoch s)")
 PARTITIONS = Gauge("opscentre_stream_partitions_owned", "Source partitions with state in this worker")
 
-S = {name: index for index, name in enumerate(SERVICE_COUNTERS)}
+(
+    RECEIVED, RECEIVED_FULL_ONLINE, RECEIVED_PARTIAL_ONLINE, COMPLETED, COMPLETED_ON_TIME, CANCELLED,
+    PAYMENTS, PAYMENTS_ONLINE, PAYMENTS_VND, PAYMENTS_ONLINE_VND, FEEDBACK_RECEIVED, FEEDBACK_RESOLVED,
+    FEEDBACK_RESOLVED_ON_TIME, FEEDBACK_SATISFIED, DOCUMENTS_SENT, DOCUMENTS_RECEIVED,
+) = (SERVICE_COUNTERS.index(name) for name in (
+    "dossiers_received", "dossiers_received_full_online", "dossiers_received_partial_online",
+    "dossiers_completed", "dossiers_completed_on_time", "dossiers_cancelled", "payments_total",
+    "payments_online", "payments_vnd", "payments_online_vnd", "feedback_received", "feedback_resolved",
+    "feedback_resolved_on_time", "feedback_satisfied", "documents_sent", "documents_received",
+))
 N_SERVICE = len(SERVICE_COUNTERS)
 N_SECURITY = len(SECURITY_COUNTERS)
 EVICT_EVERY_S = 60.0
+
+
+class Snapshot(NamedTuple):
+    batch: WriteBatch
+    versions: list  # (partition state, version, keys written)
+    record_ms: list  # produce times of the records it stores, for the latency metric
+    latest_window: int
 
 
 class Row:
@@ -63,7 +80,7 @@ class Row:
 class PartitionState:
     __slots__ = (
         "topic", "topic_id", "partition", "table", "rows", "dirty", "recent",
-        "next_offset", "stored_through", "max_window",
+        "next_offset", "stored_through", "max_window", "stored_up_to",
     )
 
     def __init__(self, topic, topic_id, partition, table, horizon_ms):
@@ -78,7 +95,10 @@ class PartitionState:
         # Highest version found stored when the partition was taken over: records at or
         # below it were written before, so their rejections are not published again.
         self.stored_through = -1
-        self.max_window = -1  # latest minute that has, or may have, a stored row
+        self.max_window = -1  # latest minute with a row, in memory or stored
+        # Minutes up to this one may have stored rows that are not in memory (stored before the
+        # take-over, or evicted since); later minutes only have rows this worker created.
+        self.stored_up_to = -1
 
 
 def _reason_label(reason: str) -> str:
@@ -105,7 +125,7 @@ class Processor:
         self.topic_ids = topic_ids
         self.kinds = {settings.service_topic: "service", settings.security_topic: "security"}
         self.validator = Validator(provinces, int(settings.max_future_s * 1000))
-        self.pseudonym_key = pseudonym_key
+        self.pseudonymise = Pseudonymiser(pseudonym_key)
         self.horizon_ms = int(settings.dedup_horizon_s * 1000)
         self.memory_window_s = int(settings.memory_window_hours * 3600)
         self.clock = clock
@@ -114,6 +134,9 @@ class Processor:
         self.pending_record_ms: list = []
         self._last_eviction = clock()
         self.last_window_written = -1
+        # Set by the worker while a snapshot is written in a thread: taking a partition
+        # over must see every stored row, so it waits for that write first.
+        self.wait_for_writes = lambda: None
 
     # -- records -------------------------------------------------------------------------
 
@@ -131,9 +154,9 @@ class Processor:
         decoded = self.validator.decode(value, now_ms)
         rejections = list(decoded.rejections)
         if state.table is SERVICE_MINUTE:
-            self._service(state, offset, record_ms, decoded.events, decoded.indexes, rejections, already_stored)
+            self._service(state, offset, record_ms, decoded, rejections, already_stored)
         else:
-            self._security(state, offset, record_ms, decoded.events, decoded.indexes, rejections, already_stored)
+            self._security(state, offset, record_ms, decoded, rejections, already_stored)
         if not already_stored:
             self.pending_record_ms.append(record_ms)
         if not rejections or already_stored:
@@ -146,143 +169,117 @@ class Processor:
             (index, f"field 'event_type': {event.event_type} belongs on topic {right}", msgspec.json.encode(event))
         )
 
-    def _service(self, state, offset, record_ms, events, indexes, rejections, already_stored) -> None:
+    def _service(self, state, offset, record_ms, decoded, rejections, already_stored) -> None:
         rows, dirty, recent = state.rows, state.dirty, state.recent
-        raw = self.batch.service_raw
-        seen = self.batch.seen
+        raw_append = self.batch.service_raw.append
+        seen_append = self.batch.seen.append
         topic_id, partition = state.topic_id, state.partition
-        for event, index in zip(events, indexes):
+        accepted = {}
+        duplicates = 0
+        for event, index, occurred_ms in zip(decoded.events, decoded.indexes, decoded.occurred_ms):
             cls = type(event)
             if cls is SecurityAlert:
                 self._misrouted(event, index, rejections, "service")
                 continue
             event_id = event.event_id
             if not recent.add_if_new(event_id, record_ms):
-                if not already_stored:
-                    DUPLICATES.inc()
+                duplicates += 1
                 continue
-            occurred_ms = to_millis(event.occurred_at)
             window = occurred_ms // 60000 * 60
             key = (window, event.province, event.agency)
             row = rows.get(key)
             if row is None:
-                row = rows[key] = Row(N_SERVICE, needs_base=window <= state.max_window)
+                row = rows[key] = Row(N_SERVICE, needs_base=window <= state.stored_up_to)
                 if window > state.max_window:
                     state.max_window = window
             if offset <= row.version:
                 continue
             c = row.counters
             c[0] += 1
-            due_ms = 0
-            on_time = 0
-            item_id = ""
-            procedure = service_level = channel = result = method = direction = applicant = ""
+            due_ms = on_time = amount = 0
+            item_id = procedure = service_level = channel = result = method = direction = applicant = ""
             digitized = satisfied = None
-            amount = 0
             if cls is DossierReceived:
-                c[S["dossiers_received"]] += 1
+                c[RECEIVED] += 1
                 service_level = event.service_level
                 if service_level == "full_online":
-                    c[S["dossiers_received_full_online"]] += 1
+                    c[RECEIVED_FULL_ONLINE] += 1
                 elif service_level == "partial_online":
-                    c[S["dossiers_received_partial_online"]] += 1
+                    c[RECEIVED_PARTIAL_ONLINE] += 1
                 item_id, procedure, channel = event.dossier_id, event.procedure_code, event.channel
                 due_ms = to_millis(event.due_at)
                 if event.applicant_id is not None:
-                    applicant = pseudonymise(self.pseudonym_key, event.applicant_id)
+                    applicant = self.pseudonymise(event.applicant_id)
             elif cls is DossierCompleted:
-                c[S["dossiers_completed"]] += 1
+                c[COMPLETED] += 1
                 due_ms = to_millis(event.due_at)
                 if occurred_ms <= due_ms:
                     on_time = 1
-                    c[S["dossiers_completed_on_time"]] += 1
+                    c[COMPLETED_ON_TIME] += 1
                 item_id, procedure, result = event.dossier_id, event.procedure_code, event.result
                 digitized = None if event.digitized is None else int(event.digitized)
             elif cls is PaymentCompleted:
-                c[S["payments_total"]] += 1
+                c[PAYMENTS] += 1
                 amount = event.amount_vnd
-                c[S["payments_vnd"]] += amount
+                c[PAYMENTS_VND] += amount
                 method = event.method
                 if method == "online":
-                    c[S["payments_online"]] += 1
-                    c[S["payments_online_vnd"]] += amount
+                    c[PAYMENTS_ONLINE] += 1
+                    c[PAYMENTS_ONLINE_VND] += amount
                 item_id = event.dossier_id
             elif cls is DossierCancelled:
-                c[S["dossiers_cancelled"]] += 1
+                c[CANCELLED] += 1
                 item_id, procedure = event.dossier_id, event.procedure_code
             elif cls is FeedbackReceived:
-                c[S["feedback_received"]] += 1
+                c[FEEDBACK_RECEIVED] += 1
                 item_id, channel = event.feedback_id, event.channel
                 due_ms = to_millis(event.due_at)
             elif cls is FeedbackResolved:
-                c[S["feedback_resolved"]] += 1
+                c[FEEDBACK_RESOLVED] += 1
                 due_ms = to_millis(event.due_at)
                 if occurred_ms <= due_ms:
                     on_time = 1
-                    c[S["feedback_resolved_on_time"]] += 1
+                    c[FEEDBACK_RESOLVED_ON_TIME] += 1
                 if event.satisfied:
-                    c[S["feedback_satisfied"]] += 1
+                    c[FEEDBACK_SATISFIED] += 1
                 satisfied = None if event.satisfied is None else int(event.satisfied)
                 item_id = event.feedback_id
             else:  # DocumentExchanged
                 direction = event.direction
-                c[S["documents_sent"] if direction == "sent" else S["documents_received"]] += 1
+                c[DOCUMENTS_SENT if direction == "sent" else DOCUMENTS_RECEIVED] += 1
                 item_id = event.document_id
             dirty.add(key)
-            EVENTS_VALID.labels(event.event_type).inc()
-            raw["event_id"].append(event_id)
-            raw["event_type"].append(event.event_type)
-            raw["occurred_at"].append(occurred_ms // 1000)
-            raw["occurred_ms"].append(occurred_ms)
-            raw["province"].append(event.province)
-            raw["agency"].append(event.agency)
-            raw["source"].append(event.source)
-            raw["item_id"].append(item_id)
-            raw["procedure_code"].append(procedure)
-            raw["service_level"].append(service_level)
-            raw["channel"].append(channel)
-            raw["due_at"].append(due_ms // 1000 if due_ms else None)
-            raw["due_ms"].append(due_ms)
-            raw["on_time"].append(on_time)
-            raw["result"].append(result)
-            raw["digitized"].append(digitized)
-            raw["amount_vnd"].append(amount)
-            raw["method"].append(method)
-            raw["satisfied"].append(satisfied)
-            raw["direction"].append(direction)
-            raw["applicant_hash"].append(applicant)
-            raw["topic_id"].append(topic_id)
-            raw["source_partition"].append(partition)
-            raw["source_offset"].append(offset)
-            raw["item_index"].append(-1 if index is None else index)
-            raw["record_ms"].append(record_ms)
-            seen["topic_id"].append(topic_id)
-            seen["source_partition"].append(partition)
-            seen["record_ms"].append(record_ms)
-            seen["source_offset"].append(offset)
-            seen["event_id"].append(event_id)
+            accepted[cls] = accepted.get(cls, 0) + 1
+            raw_append((
+                event_id, cls.__struct_config__.tag, occurred_ms, event.province,
+                event.agency, event.source, item_id, procedure, service_level, channel, due_ms, on_time, result, digitized, amount, method,
+                satisfied, direction, applicant, topic_id, partition, offset,
+                -1 if index is None else index, record_ms,
+            ))
+            seen_append((topic_id, partition, record_ms, offset, event_id))
+        self._count(accepted, duplicates, already_stored)
 
-    def _security(self, state, offset, record_ms, events, indexes, rejections, already_stored) -> None:
+    def _security(self, state, offset, record_ms, decoded, rejections, already_stored) -> None:
         rows, dirty, recent = state.rows, state.dirty, state.recent
-        raw = self.batch.security_raw
-        seen = self.batch.seen
+        raw_append = self.batch.security_raw.append
+        seen_append = self.batch.seen.append
         topic_id, partition = state.topic_id, state.partition
-        for event, index in zip(events, indexes):
+        accepted = 0
+        duplicates = 0
+        for event, index, occurred_ms in zip(decoded.events, decoded.indexes, decoded.occurred_ms):
             if type(event) is not SecurityAlert:
                 self._misrouted(event, index, rejections, "security")
                 continue
             event_id = event.event_id
             if not recent.add_if_new(event_id, record_ms):
-                if not already_stored:
-                    DUPLICATES.inc()
+                duplicates += 1
                 continue
-            occurred_ms = to_millis(event.occurred_at)
             window = occurred_ms // 60000 * 60
             technique = event.technique or ""
             key = (window, event.province, event.category, event.severity, event.action, event.sensor, technique)
             row = rows.get(key)
             if row is None:
-                row = rows[key] = Row(N_SECURITY, needs_base=window <= state.max_window)
+                row = rows[key] = Row(N_SECURITY, needs_base=window <= state.stored_up_to)
                 if window > state.max_window:
                     state.max_window = window
             if offset <= row.version:
@@ -291,48 +288,34 @@ class Processor:
             c[0] += 1
             c[1] += event.count
             dirty.add(key)
-            EVENTS_VALID.labels("security.alert").inc()
-            raw["event_id"].append(event_id)
-            raw["occurred_at"].append(occurred_ms // 1000)
-            raw["occurred_ms"].append(occurred_ms)
-            raw["province"].append(event.province)
-            raw["agency"].append(event.agency)
-            raw["source"].append(event.source)
-            raw["category"].append(event.category)
-            raw["severity"].append(event.severity)
-            raw["action"].append(event.action)
-            raw["sensor"].append(event.sensor)
-            raw["dst_asset"].append(event.dst_asset)
-            raw["src_ip"].append(event.src_ip or "")
-            raw["rule_id"].append(event.rule_id or "")
-            raw["technique"].append(technique)
-            raw["count"].append(event.count)
-            raw["topic_id"].append(topic_id)
-            raw["source_partition"].append(partition)
-            raw["source_offset"].append(offset)
-            raw["item_index"].append(-1 if index is None else index)
-            raw["record_ms"].append(record_ms)
-            seen["topic_id"].append(topic_id)
-            seen["source_partition"].append(partition)
-            seen["record_ms"].append(record_ms)
-            seen["source_offset"].append(offset)
-            seen["event_id"].append(event_id)
+            accepted += 1
+            raw_append((
+                event_id, occurred_ms, event.province, event.agency, event.source,
+                event.category, event.severity, event.action, event.sensor, event.dst_asset,
+                event.src_ip or "", event.rule_id or "", technique, event.count,
+                topic_id, partition, offset, -1 if index is None else index, record_ms,
+            ))
+            seen_append((topic_id, partition, record_ms, offset, event_id))
+        self._count({SecurityAlert: accepted} if accepted else {}, duplicates, already_stored)
+
+    @staticmethod
+    def _count(accepted: dict, duplicates: int, already_stored: bool) -> None:
+        # Metrics per record, not per event: a labelled increment costs more than an event's counting.
+        for cls, count in accepted.items():
+            EVENTS_VALID.labels(cls.__struct_config__.tag).inc(count)
+        if duplicates and not already_stored:
+            DUPLICATES.inc(duplicates)
 
     def _reject(self, state, offset, record_ms, rejections) -> list:
         letters = []
-        rejected = self.batch.rejected
+        rejected_append = self.batch.rejected.append
         for index, reason, original in rejections:
             EVENTS_REJECTED.labels(_reason_label(reason)).inc()
             item_index = -1 if index is None else index
-            rejected["topic"].append(state.topic)
-            rejected["topic_id"].append(state.topic_id)
-            rejected["source_partition"].append(state.partition)
-            rejected["source_offset"].append(offset)
-            rejected["item_index"].append(item_index)
-            rejected["record_ms"].append(record_ms)
-            rejected["rejected_at"].append(record_ms // 1000)
-            rejected["reason"].append(reason)
-            rejected["original"].append(original.decode("utf-8", errors="replace"))
+            rejected_append((
+                state.topic, state.topic_id, state.partition, offset, item_index, record_ms,
+                record_ms // 1000, reason, original.decode("utf-8", errors="replace"),
+            ))
             letter = {
                 "reason": reason,
                 "topic": state.topic,
@@ -354,6 +337,7 @@ class Processor:
 
     def _take_over(self, topic: str, partition: int, offset: int, record_ms: int) -> PartitionState:
         """Load a partition's stored state before its first record (or after a rewind)."""
+        self.wait_for_writes()
         if (topic, partition) in self.partitions:
             self.flush()
         kind = self.kinds.get(topic)
@@ -369,7 +353,7 @@ class Processor:
             row.counters = counters
             state.rows[key] = row
             state.stored_through = max(state.stored_through, version)
-        state.max_window = snapshot.max_window
+        state.max_window = state.stored_up_to = snapshot.max_window
         state.recent.preload(snapshot.seen)
         state.next_offset = offset
         self.partitions[(topic, partition)] = state
@@ -388,17 +372,28 @@ class Processor:
 
     # -- flushing ------------------------------------------------------------------------
 
+    def pending_events(self) -> int:
+        return len(self.batch.service_raw) + len(self.batch.security_raw)
+
     def has_pending(self) -> bool:
         return bool(self.pending_record_ms) or any(s.dirty for s in self.partitions.values())
 
     def flush(self) -> int:
-        """Write everything processed so far; raises StoreError and keeps it all on failure."""
-        attempt = WriteBatch(
-            service_raw=self.batch.service_raw,
-            security_raw=self.batch.security_raw,
-            seen=self.batch.seen,
-            rejected=self.batch.rejected,
-        )
+        """Write everything processed so far; raises StoreError and keeps it all for a retry."""
+        snapshot = self.prepare()
+        written = self.sink.write(snapshot.batch)
+        self.commit(snapshot)
+        return written
+
+    def prepare(self) -> "Snapshot":
+        """Freeze what is processed so far into rows to write.
+
+        The worker writes a snapshot in a thread while it processes the next
+        records, and calls commit() once it is stored. A snapshot's rows are
+        cumulative counts at a version, so retrying its write is always safe.
+        Snapshots must be committed in order, each before the next is prepared.
+        """
+        batch = self.batch
         versions = []
         latest_window = -1
         for state in self.partitions.values():
@@ -415,32 +410,36 @@ class Processor:
                         row.version = version
                     row.needs_base = False
             version = state.next_offset - 1
-            versions.append((state, version))
-            columns = attempt.service_minute if state.table is SERVICE_MINUTE else attempt.security_minute
-            names = state.table.columns
+            versions.append((state, version, state.dirty))
+            append = (batch.service_minute if state.table is SERVICE_MINUTE else batch.security_minute).append
+            topic_id, partition, rows = state.topic_id, state.partition, state.rows
             for key in state.dirty:
-                values = (*key, state.topic_id, state.partition, version, *state.rows[key].counters)
-                for name, value in zip(names, values):
-                    columns[name].append(value)
+                append((*key, topic_id, partition, version, *rows[key].counters))
                 if key[0] > latest_window:
                     latest_window = key[0]
-        written = self.sink.write(attempt)
-        now = self.clock()
-        for record_ms in self.pending_record_ms:
-            LATENCY.observe(max(0.0, now - record_ms / 1000))
-        for state, version in versions:
-            for key in state.dirty:
-                state.rows[key].version = version
-            state.dirty.clear()
-        if latest_window > self.last_window_written:
-            self.last_window_written = latest_window
-            LAST_WINDOW.set(latest_window)
+            state.dirty = set()
+        snapshot = Snapshot(batch, versions, self.pending_record_ms, latest_window)
         self.batch = WriteBatch()
         self.pending_record_ms = []
+        return snapshot
+
+    def commit(self, snapshot: "Snapshot") -> None:
+        """Record that a snapshot is stored: its rows' versions now cover its records."""
+        now = self.clock()
+        for record_ms in snapshot.record_ms:
+            LATENCY.observe(max(0.0, now - record_ms / 1000))
+        for state, version, keys in snapshot.versions:
+            rows = state.rows
+            for key in keys:
+                row = rows.get(key)
+                if row is not None and version > row.version:
+                    row.version = version
+        if snapshot.latest_window > self.last_window_written:
+            self.last_window_written = snapshot.latest_window
+            LAST_WINDOW.set(snapshot.latest_window)
         if now - self._last_eviction >= EVICT_EVERY_S:
             self._evict()
             self._last_eviction = now
-        return written
 
     def _evict(self) -> None:
         """Drop clean rows of minutes long past; a late event reloads them from ClickHouse."""
@@ -449,4 +448,6 @@ class Processor:
             old = [key for key, row in state.rows.items() if key[0] < horizon and key not in state.dirty]
             for key in old:
                 del state.rows[key]
+            if old:
+                state.stored_up_to = max(state.stored_up_to, max(key[0] for key in old))
 

@@ -8,11 +8,19 @@ def test_duplicate_within_horizon_is_dropped():
     assert ids.add_if_new("b", 9_000)
 
 
-def test_forgotten_after_horizon_and_at_most_a_tenth_more():
+def test_horizon_is_exact_by_record_time():
     ids = RecentIds(horizon_ms=10_000)
     assert ids.add_if_new("a", 0)
-    assert not ids.add_if_new("a", 10_999)
-    assert ids.add_if_new("a", 12_000)
+    assert not ids.add_if_new("a", 10_000)
+    assert ids.add_if_new("a", 10_001)  # accepted again: remembered from here
+    assert not ids.add_if_new("a", 15_000)
+
+
+def test_memory_is_bounded_to_about_one_horizon():
+    ids = RecentIds(horizon_ms=10_000)
+    for t in range(0, 100_000, 10):
+        ids.add_if_new(f"e{t}", t)
+    assert len(ids) <= 1_100 + 100  # 1.1 horizons of ids at 100 ids/s, plus the current bucket
 
 
 def test_preload_rebuilds_the_same_memory():

@@ -28,17 +28,13 @@ class MemorySink:
             from opscentre.clickhouse import StoreUnavailable
 
             raise StoreUnavailable("down")
-        columns = batch.seen
-        self.seen += list(zip(columns["topic_id"], columns["source_partition"], columns["record_ms"],
-                              columns["source_offset"], columns["event_id"]))
-        for table, data in (("service_minute", batch.service_minute), ("security_minute", batch.security_minute)):
-            names = list(data)
-            for values in zip(*(data[n] for n in names)):
+        self.seen += list(batch.seen)
+        for table, names, rows in batch.parts()[4:]:
+            dims = names.index("topic_id") - 1
+            for values in rows:
                 row = dict(zip(names, values))
-                dims = ("province", "agency") if table == "service_minute" else (
-                    "province", "category", "severity", "action", "sensor", "technique")
-                key = (row["window_start"], *(row[d] for d in dims))
-                counters = [v for n, v in row.items() if n not in ("window_start", "topic_id", "source_partition", "version", *dims)]
+                key = tuple(values[:1 + dims])
+                counters = list(values[names.index("version") + 1:])
                 slot = (table, row["topic_id"], row["source_partition"], key)
                 if slot not in self.rows or self.rows[slot][1] <= row["version"]:
                     self.rows[slot] = (counters, row["version"])

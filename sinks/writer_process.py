@@ -1,0 +1,82 @@
+"""ClickHouse writes in a child process.
+
+Encoding rows for the native protocol is Python work; in a thread it competes
+for the GIL with the stream processor. In a child process it runs on another
+core, and the worker only pays for pickling the rows. chDB cannot be used this
+way (a chDB path belongs to one process), so this is for server URLs only.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import signal
+
+from opscentre.clickhouse import StoreError, StoreUnavailable, connect
+
+from .clickhouse_sink import ClickHouseSink, WriteBatch, record_write
+
+log = logging.getLogger(__name__)
+
+
+def _serve(url: str, timeout_s: float, conn) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when to stop
+    sink = None
+    while True:
+        try:
+            batch = conn.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            if sink is None:
+                sink = ClickHouseSink(connect(url, timeout_s))
+            conn.send(("ok", sink.write_rows(batch)))
+        except StoreUnavailable as exc:
+            sink = None
+            conn.send(("unavailable", str(exc)))
+        except StoreError as exc:
+            conn.send(("error", str(exc)))
+
+
+class WriterProcess:
+    """Same `write(batch)` as ClickHouseSink, done by a child process."""
+
+    def __init__(self, url: str, timeout_s: float):
+        self.url = url
+        self.timeout_s = timeout_s
+        self._context = multiprocessing.get_context("spawn")
+        self._process = None
+        self._conn = None
+
+    def _start(self) -> None:
+        parent, child = self._context.Pipe()
+        self._process = self._context.Process(
+            target=_serve, args=(self.url, self.timeout_s, child), name="opscentre-clickhouse-writer", daemon=True,
+        )
+        self._process.start()
+        child.close()
+        self._conn = parent
+
+    def write(self, batch: WriteBatch) -> int:
+        if self._process is None or not self._process.is_alive():
+            self._start()
+        try:
+            self._conn.send(batch)
+            status, result = self._conn.recv()
+        except (EOFError, OSError, BrokenPipeError) as exc:
+            self.close()
+            raise StoreUnavailable(f"ClickHouse writer process failed: {exc}") from None
+        if status == "ok":
+            return record_write(result)
+        if status == "unavailable":
+            raise StoreUnavailable(result)
+        raise StoreError(result)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        if self._process is not None:
+            self._process.terminate()
+            self._process.join(5)
+            self._process = None
