@@ -1,0 +1,161 @@
+"""Latency and memory of the worker under a steady load.
+
+    .venv/bin/python bench/latency_memory.py [--rate 5000] [--duration 600]
+
+Runs a Tansu broker, clickhouse-server, one `opscentre worker` and
+`opscentre simulate --rate R` for --duration seconds. Meanwhile it sends one
+probe event a second (a single record, as a third party would) and times how
+long until that event is in ClickHouse, i.e. visible to `opscentre kpi`; it
+samples the worker's resident memory (main and writer processes) every 10 s.
+At the end it prints the probe latency percentiles, the worker's own
+end-to-end histogram, the memory series, and the bytes the de-duplication
+memory costs per remembered id.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import tracemalloc
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from kafka import KafkaProducer  # noqa: E402
+
+from opscentre.clickhouse import connect, quote  # noqa: E402
+from opscentre.embedded import EmbeddedBroker, free_port  # noqa: E402
+from opscentre.kafka import ensure_topics  # noqa: E402
+from opscentre.local import scrape  # noqa: E402
+from producers.simulator import rfc3339  # noqa: E402
+from streams.dedup import RecentIds  # noqa: E402
+from tests.harness import ClickHouseServer, Pipeline  # noqa: E402
+
+
+def rss_mb(pid: int) -> float:
+    total = 0
+    pids = [pid]
+    for task in os.listdir(f"/proc/{pid}/task"):
+        pids += [int(p) for p in open(f"/proc/{pid}/task/{task}/children").read().split()]
+    for p in pids:
+        for line in open(f"/proc/{p}/status"):
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+    return total / 1024
+
+
+def latency_buckets(port: int) -> list:
+    """[(upper bound, cumulative count)] of opscentre_stream_end_to_end_seconds."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+    for family in text_string_to_metric_families(text):
+        if family.name == "opscentre_stream_end_to_end_seconds":
+            return sorted((float(s.labels["le"]), s.value) for s in family.samples if s.name.endswith("_bucket"))
+    return []
+
+
+def percentile(values, q):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def dedup_bytes_per_id(count: int = 500_000) -> float:
+    ids = [f"ev-{i % 97}-{i:x}" for i in range(count)]  # ids as the simulator makes them
+    record_ms = [1_795_000_000_000 + (i // 500) * 10 for i in range(count)]  # 500 events a record
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    memory = RecentIds(horizon_ms=10 ** 9)
+    for event_id, ms in zip(ids, record_ms):
+        memory.add_if_new(event_id, ms)
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    # The id strings themselves are counted too: the worker keeps them only in this memory.
+    return (after - before) / count + sum(sys.getsizeof(i) for i in ids[:1000]) / 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rate", type=float, default=5000)
+    parser.add_argument("--duration", type=float, default=120)
+    args = parser.parse_args()
+
+    broker = EmbeddedBroker().start()
+    server = ClickHouseServer().start()
+    pipeline = Pipeline(broker.bootstrap, server.url("latency"), Path(tempfile.mkdtemp()))
+    settings = pipeline.settings
+    ensure_topics(settings)
+    worker = pipeline.start_worker()
+    store = connect(settings.clickhouse)
+    sim_env = dict(pipeline.env, OPSCENTRE_METRICS_ADDR=f"127.0.0.1:{free_port()}")
+    simulator = subprocess.Popen(
+        [sys.executable, "-m", "opscentre.cli", "simulate", "--rate", str(args.rate), "--duration", str(args.duration),
+         "--seed", "5"], env=sim_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks=1, linger_ms=0)
+    latencies, memory = [], []
+    stop = threading.Event()
+
+    def sample_memory():
+        started = time.monotonic()
+        while not stop.wait(10):
+            memory.append((round(time.monotonic() - started), round(rss_mb(worker.process.pid), 1)))
+
+    sampler = threading.Thread(target=sample_memory, daemon=True)
+    sampler.start()
+    time.sleep(8)  # worker joins the group
+    started = time.monotonic()
+    n = 0
+    while time.monotonic() - started < args.duration - 10:
+        n += 1
+        probe = {
+            "event_id": f"probe-{n}", "event_type": "document.exchanged", "occurred_at": rfc3339(int(time.time() * 1000)),
+            "province": "01", "agency": "STP", "source": "probe", "document_id": f"probe-{n}", "direction": "sent",
+        }
+        sent = time.monotonic()
+        producer.send(settings.service_topic, key=probe["document_id"].encode(), value=json.dumps(probe).encode())
+        producer.flush()
+        while time.monotonic() - sent < 30:
+            found = store.query(f"SELECT count() FROM {store.table('service_events')} WHERE event_id = {quote(probe['event_id'])}")
+            if found[0][0]:
+                latencies.append(time.monotonic() - sent)
+                break
+            time.sleep(0.02)
+        time.sleep(max(0.0, 1.0 - (time.monotonic() - sent)))
+    simulator.wait()
+    stop.set()
+    metrics = scrape(worker.metrics_port)
+    histogram = latency_buckets(worker.metrics_port)
+    worker.stop()
+    server.stop()
+    broker.stop()
+
+    accepted = metrics.get("opscentre_stream_events_valid_total", 0)
+    print(f"load: {args.rate:g} events/s for {args.duration:g}s; worker accepted {accepted:,.0f} events")
+    if latencies:
+        print(f"probe produced → visible in ClickHouse ({len(latencies)} probes): "
+              f"p50 {percentile(latencies, 0.5):.2f}s  p99 {percentile(latencies, 0.99):.2f}s  max {max(latencies):.2f}s")
+    if histogram:
+        total = histogram[-1][1]
+        p99 = next(bound for bound, count in histogram if count >= 0.99 * total)
+        p50 = next(bound for bound, count in histogram if count >= 0.5 * total)
+        print(f"worker histogram, record produced → rows written ({total:,.0f} records): p50 ≤ {p50:g}s, p99 ≤ {p99:g}s")
+    print("memory (s, MB RSS worker incl. writer):", memory)
+    if len(memory) > 6:
+        steady = [mb for t, mb in memory if t >= 60]
+        print(f"after the first minute: min {min(steady)} MB, max {max(steady)} MB, "
+              f"spread {100 * (max(steady) - min(steady)) / min(steady):.1f}% of min")
+    print(f"de-duplication memory: {dedup_bytes_per_id():.0f} bytes per remembered id")
+
+
+if __name__ == "__main__":
+    main()

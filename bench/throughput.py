@@ -1,0 +1,180 @@
+"""Throughput of the worker against the baselines, on the same pre-produced data.
+
+    .venv/bin/python bench/throughput.py [--events 400000] [--single-events 40000] [--time-limit 60]
+
+Starts a Tansu broker and Debian's clickhouse-server on loopback (or uses
+OPSCENTRE_KAFKA / OPSCENTRE_TEST_CLICKHOUSE), pre-produces service events twice
+(as the project's batched records, and as single-event records like a third
+party sends), then times, one after the other:
+
+- the project's worker end to end: first record consumed → every event stored
+  and its per-minute rows queryable;
+- a plain kafka-python loop doing the same per-minute aggregation (the limit);
+- a naive Faust agent counting into a Table;
+- Quix Streams with a 1-minute tumbling window.
+
+Baselines that cannot finish within --time-limit report the rate they reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+import msgspec  # noqa: E402
+from kafka import KafkaConsumer, TopicPartition  # noqa: E402
+
+from bench.common import make_events, produce  # noqa: E402
+from opscentre.clickhouse import connect  # noqa: E402
+from opscentre.embedded import EmbeddedBroker  # noqa: E402
+from opscentre.events import AnyEvent, to_millis  # noqa: E402
+from opscentre.local import scrape  # noqa: E402
+from tests.harness import ClickHouseServer, Pipeline  # noqa: E402
+
+
+def stored(store) -> int:
+    return int(store.query(f"SELECT count() FROM {store.table('service_events')}")[0][0])
+
+
+def project_worker(bootstrap, clickhouse_url, events, per_record) -> dict:
+    pipeline = Pipeline(bootstrap, clickhouse_url, Path(tempfile.mkdtemp()))
+    produce(pipeline.settings, events, per_record)
+    worker = pipeline.start_worker()
+    store = connect(pipeline.settings.clickhouse)
+    first = None
+    try:
+        while True:
+            if first is None and scrape(worker.metrics_port).get("opscentre_stream_records_total", 0) > 0:
+                first = time.monotonic()
+            try:
+                if stored(store) >= len(events):
+                    break
+            except Exception:
+                pass
+            if not worker.running():
+                raise RuntimeError(worker.log())
+            time.sleep(0.05)
+        minute_rows = store.query(f"SELECT count() FROM {store.table('service_minute')}")[0][0]
+        assert minute_rows > 0
+        return {"events": len(events), "seconds": time.monotonic() - first}
+    finally:
+        worker.stop()
+
+
+def plain_loop(settings, clickhouse_url, total) -> dict:
+    """kafka-python, msgspec, a dict of counters, one insert at the end: no de-duplication, no exactness."""
+    decode = msgspec.json.Decoder(list[AnyEvent] | AnyEvent).decode
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka.split(","), group_id=None, enable_auto_commit=False,
+                             max_partition_fetch_bytes=4 << 20, fetch_max_bytes=16 << 20)
+    partitions = [TopicPartition(settings.service_topic, p) for p in consumer.partitions_for_topic(settings.service_topic)]
+    consumer.assign(partitions)
+    consumer.seek_to_beginning()
+    counts: dict = {}
+    seen = 0
+    first = None
+    while seen < total:
+        for records in consumer.poll(timeout_ms=500, max_records=5000).values():
+            if first is None:
+                first = time.monotonic()
+            for record in records:
+                decoded = decode(record.value)
+                for event in decoded if type(decoded) is list else (decoded,):
+                    key = (to_millis(event.occurred_at) // 60000 * 60, event.province, event.agency)
+                    counts[key] = counts.get(key, 0) + 1
+                    seen += 1
+    store = connect(clickhouse_url)
+    store.execute(f"CREATE DATABASE IF NOT EXISTS {store.database}")
+    store.execute(f"CREATE TABLE IF NOT EXISTS {store.table('plain_minute')} (window_start DateTime, province String, "
+                  "agency String, events UInt64) ENGINE = SummingMergeTree ORDER BY (province, agency, window_start)")
+    rows = list(counts.items())
+    store.insert("plain_minute", ["window_start", "province", "agency", "events"],
+                 [[k[0] for k, _ in rows], [k[1] for k, _ in rows], [k[2] for k, _ in rows], [v for _, v in rows]])
+    consumer.close()
+    return {"events": seen, "seconds": time.monotonic() - first}
+
+
+def subprocess_baseline(script, settings, total, time_limit, name) -> dict:
+    group = f"{settings.topic_prefix}-{name}"
+    try:
+        result = subprocess.run(
+            [sys.executable, str(HERE / script), settings.kafka, settings.service_topic, group, str(total), str(time_limit)],
+            capture_output=True, text=True, timeout=time_limit + 120,
+        )
+    except subprocess.TimeoutExpired as exc:
+        return {"error": f"no result within {exc.timeout:.0f}s (it consumed nothing it could report)"}
+    for line in result.stdout.splitlines():
+        if line.startswith("{"):
+            return json.loads(line)
+    return {"error": (result.stderr.strip().splitlines() or ["no output"])[-1][:120]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=400_000)
+    parser.add_argument("--single-events", type=int, default=40_000)
+    parser.add_argument("--per-record", type=int, default=500)
+    parser.add_argument("--time-limit", type=float, default=60.0)
+    args = parser.parse_args()
+
+    broker = server = None
+    bootstrap = os.environ.get("OPSCENTRE_KAFKA")
+    if not bootstrap:
+        broker = EmbeddedBroker().start()
+        bootstrap = broker.bootstrap
+    clickhouse = os.environ.get("OPSCENTRE_TEST_CLICKHOUSE")
+    if not clickhouse:
+        server = ClickHouseServer().start()
+    url = (lambda db: f"{clickhouse.rstrip('/')}/{db}") if clickhouse else server.url
+
+    service = [e for e in make_events(int(args.events * 1.07)) if e["event_type"] != "security.alert"][: args.events]
+    singles = service[: args.single_events]
+    results = []
+    try:
+        batched = Pipeline(bootstrap, url("bench_batched"), Path(tempfile.mkdtemp()))
+        produce(batched.settings, service, args.per_record)
+        single = Pipeline(bootstrap, url("bench_single"), Path(tempfile.mkdtemp()))
+        produce(single.settings, singles, 1)
+
+        def run(name, data, fn):
+            print(f"… {name}", file=sys.stderr, flush=True)
+            outcome = fn()
+            results.append((name, data, outcome))
+
+        run("project worker (end to end)", f"batched x{args.per_record}",
+            lambda: project_worker(bootstrap, url("bench_worker"), service, args.per_record))
+        run("plain kafka-python loop", f"batched x{args.per_record}",
+            lambda: plain_loop(batched.settings, url("bench_plain"), len(service)))
+        run("naive Faust agent + Table", f"batched x{args.per_record}",
+            lambda: subprocess_baseline("naive_faust.py", batched.settings, len(service), args.time_limit, "faust"))
+        run("Quix Streams tumbling window", f"batched x{args.per_record}",
+            lambda: subprocess_baseline("quix_app.py", batched.settings, len(service), args.time_limit, "quix"))
+        run("project worker (end to end)", "single events",
+            lambda: project_worker(bootstrap, url("bench_worker_single"), singles, 1))
+        run("naive Faust agent + Table", "single events",
+            lambda: subprocess_baseline("naive_faust.py", single.settings, len(singles), args.time_limit, "faust1"))
+    finally:
+        if server:
+            server.stop()
+        if broker:
+            broker.stop()
+
+    print(f"\n{'what':<32} {'records':<14} {'events':>9} {'seconds':>8} {'events/s':>10}")
+    for name, data, outcome in results:
+        if "error" in outcome:
+            print(f"{name:<32} {data:<14} failed: {outcome['error']}")
+            continue
+        rate = outcome["events"] / outcome["seconds"]
+        print(f"{name:<32} {data:<14} {outcome['events']:>9,} {outcome['seconds']:>8.1f} {rate:>10,.0f}")
+
+
+if __name__ == "__main__":
+    main()
