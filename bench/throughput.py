@@ -112,8 +112,8 @@ def subprocess_baseline(script, settings, total, time_limit, name) -> dict:
     except subprocess.TimeoutExpired as exc:
         return {"error": f"no result within {exc.timeout:.0f}s (it consumed nothing it could report)"}
     for line in result.stdout.splitlines():
-        if line.startswith("{"):
-            return json.loads(line)
+        if "{" in line:  # Faust prefixes terminal control codes
+            return json.loads(line[line.index("{"):])
     return {"error": (result.stderr.strip().splitlines() or ["no output"])[-1][:120]}
 
 

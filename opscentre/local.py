@@ -69,6 +69,18 @@ class Status:
         )
 
 
+def _events_sent(log_path: str) -> int | None:
+    """The count from the simulator's last line, `simulate: sent N events`."""
+    try:
+        lines = open(log_path, encoding="utf-8", errors="replace").read().splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        if line.startswith("simulate: sent "):
+            return int(line.split()[2])
+    return None
+
+
 def _pseudonym_key(settings: Settings, data_dir: str) -> str:
     if settings.pseudonym_key:
         return settings.pseudonym_key
@@ -145,9 +157,15 @@ def run_local(settings: Settings, rate: float, duration_s: float | None, seed: i
             print(("\r" + line + "   ") if interactive else line, end="" if interactive else "\n",
                   file=sys.stderr, flush=True)
             if simulator.poll() is not None:
+                # Lag cannot tell (Tansu under-reports end offsets): wait until the worker has
+                # accounted for every event the simulator sent.
                 simulator_done_at = simulator_done_at or time.monotonic()
-                caught_up = worker_metrics.get("opscentre_stream_consumer_lag", 1) == 0
-                if caught_up or time.monotonic() - simulator_done_at > 30:
+                sent = _events_sent(os.path.join(data_dir, "simulator.log"))
+                handled = sum(worker_metrics.get(name, 0.0) for name in (
+                    "opscentre_stream_events_valid_total", "opscentre_stream_events_rejected_total",
+                    "opscentre_stream_duplicates_dropped_total"))
+                if (sent is not None and handled >= sent) or time.monotonic() - simulator_done_at > 120:
+                    time.sleep(2 * settings.flush_interval_s)  # the last snapshot is written
                     break
         print("", file=sys.stderr)
         return 0

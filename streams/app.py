@@ -95,30 +95,18 @@ def build_app(settings: Settings, processor: Processor, writer=None) -> faust.Ap
 
     async def start_write(events) -> None:
         await finish_in_flight()
-        snapshot = await prepare_with_retry()
+        snapshot = await read_with_retry(processor.prepare)  # reads only rows that left memory
         future = executor.submit(write_until_stored, snapshot)
         in_flight.append((future, snapshot, events))
 
-    async def prepare_with_retry():
+    async def read_with_retry(call, *args):
+        """Processing reads ClickHouse (a partition's stored rows on take-over, rows that left
+        memory): while it is unreachable, wait and retry; the records stay unacknowledged."""
         delay = 0.5
         while True:
             try:
-                return processor.prepare()  # reads ClickHouse only for rows that left memory
+                return call(*args)
             except StoreError as exc:
-                STORE_UP.set(0)
-                log.warning("ClickHouse read failed, retrying in %.1fs: %s", delay, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
-
-    async def apply_with_retry(message) -> list:
-        delay = 0.5
-        while True:
-            try:
-                return processor.process(
-                    message.topic, message.partition, message.offset,
-                    int(message.timestamp * 1000), message.value,
-                )
-            except StoreError as exc:  # taking a partition over reads ClickHouse
                 STORE_UP.set(0)
                 log.warning("ClickHouse read failed, retrying in %.1fs: %s", delay, exc)
                 await asyncio.sleep(delay)
@@ -146,7 +134,10 @@ def build_app(settings: Settings, processor: Processor, writer=None) -> faust.Ap
         async for event in stream.noack().events():
             async with lock:
                 message = event.message
-                letters = await apply_with_retry(message)
+                letters = await read_with_retry(
+                    processor.process, message.topic, message.partition, message.offset,
+                    int(message.timestamp * 1000), message.value,
+                )
                 for key, value in letters:
                     await dead_letters.send(key=key, value=value)
                 if letters:

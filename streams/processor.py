@@ -101,6 +101,15 @@ class PartitionState:
         self.stored_up_to = -1
 
 
+    def new_row(self, key: tuple, width: int) -> Row:
+        """A row not in memory: its minute may have a stored row to add to at the next write."""
+        window = key[0]
+        row = self.rows[key] = Row(width, needs_base=window <= self.stored_up_to)
+        if window > self.max_window:
+            self.max_window = window
+        return row
+
+
 def _reason_label(reason: str) -> str:
     if reason.startswith("record is not") or reason.startswith("item is not") or reason.startswith("record has no"):
         return "not_json"
@@ -187,11 +196,7 @@ class Processor:
                 continue
             window = occurred_ms // 60000 * 60
             key = (window, event.province, event.agency)
-            row = rows.get(key)
-            if row is None:
-                row = rows[key] = Row(N_SERVICE, needs_base=window <= state.stored_up_to)
-                if window > state.max_window:
-                    state.max_window = window
+            row = rows.get(key) or state.new_row(key, N_SERVICE)
             if offset <= row.version:
                 continue
             c = row.counters
@@ -277,11 +282,7 @@ class Processor:
             window = occurred_ms // 60000 * 60
             technique = event.technique or ""
             key = (window, event.province, event.category, event.severity, event.action, event.sensor, technique)
-            row = rows.get(key)
-            if row is None:
-                row = rows[key] = Row(N_SECURITY, needs_base=window <= state.stored_up_to)
-                if window > state.max_window:
-                    state.max_window = window
+            row = rows.get(key) or state.new_row(key, N_SECURITY)
             if offset <= row.version:
                 continue
             c = row.counters
