@@ -133,6 +133,8 @@ class NativeStore(Store):
         self._client.disconnect()
 
 
+ENDPOINT_FILE = ".opscentre-query-endpoint"
+
 _CHDB_SESSIONS: dict[str, object] = {}
 _CHDB_LOCK = threading.Lock()
 
@@ -151,14 +153,9 @@ class ChdbStore(Store):
             session = _CHDB_SESSIONS.get(self.path)
             if session is None:
                 try:
-                    import chdb.session
-
-                    session = chdb.session.Session(self.path)
+                    session = _open_chdb_quietly(self.path)
                 except Exception as exc:  # chDB raises plain RuntimeError
-                    raise StoreUnavailable(
-                        f"embedded ClickHouse at {self.path} cannot be opened ({exc}); "
-                        "is another opscentre process using it?"
-                    ) from None
+                    raise ChdbBusy(self.path, str(exc).strip().splitlines()[-1]) from None
                 _CHDB_SESSIONS[self.path] = session
         self._session = session
         self._lock = _CHDB_LOCK
@@ -193,6 +190,113 @@ class ChdbStore(Store):
         self._query(f"INSERT INTO {self.table(table)} ({', '.join(columns)}) SELECT * FROM Python(batch)")
 
 
+def _open_chdb_quietly(path: str):
+    """Open a chDB session; its native code prints a failed open to fd 2, which we keep quiet
+    (the exception carries the message)."""
+    import chdb.session
+
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        return chdb.session.Session(path)
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+class ChdbBusy(StoreUnavailable):
+    def __init__(self, path: str, exc: Exception):
+        super().__init__(
+            f"embedded ClickHouse at {path} cannot be opened ({exc}); another process holds it "
+            "and serves no queries"
+        )
+        self.path = path
+
+
+class ChdbQueryServer:
+    """Read-only SQL over HTTP on loopback, for a chDB path this process holds.
+
+    chDB lets one process open a path; `opscentre kpi` in another terminal
+    reads through this while `opscentre worker` (or `run`) holds ./var.
+    """
+
+    def __init__(self, store: "ChdbStore"):
+        import http.server
+        import socketserver
+
+        owner = store
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 (http.server's naming)
+                sql = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
+                if not sql.lstrip().upper().startswith(("SELECT", "WITH")):
+                    body, status = {"error": "read-only: SELECT queries only"}, 400
+                else:
+                    try:
+                        body, status = {"rows": owner.query(sql)}, 200
+                    except StoreError as exc:
+                        body, status = {"error": str(exc)}, 400
+                payload = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args):
+                pass
+
+        class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+            daemon_threads = True
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.endpoint_path = os.path.join(store.path, ENDPOINT_FILE)
+        with open(self.endpoint_path, "w") as handle:
+            handle.write(f"127.0.0.1:{self.server.server_address[1]}")
+        threading.Thread(target=self.server.serve_forever, name="chdb-queries", daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        try:
+            os.unlink(self.endpoint_path)
+        except OSError:
+            pass
+
+
+class ChdbRemote(Store):
+    """Queries to a chDB path held by another opscentre process, through its ChdbQueryServer."""
+
+    def __init__(self, url: str, path: str, address: str):
+        self.url = url
+        self.path = path
+        self.address = address
+        self.database = _check_identifier(parse_qs(urlparse(url).query).get("database", ["opscentre"])[0])
+
+    def describe(self) -> str:
+        return f"chdb://{self.path}?database={self.database} (through the process holding it, {self.address})"
+
+    def query(self, sql: str) -> list[tuple]:
+        import urllib.error
+        import urllib.request
+
+        request = urllib.request.Request(f"http://{self.address}/", data=sql.encode(), method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return [tuple(row) for row in json.loads(response.read())["rows"]]
+        except urllib.error.HTTPError as exc:
+            raise StoreError(json.loads(exc.read()).get("error", str(exc))) from None
+        except OSError as exc:
+            raise StoreUnavailable(f"the process holding {self.path} does not answer: {exc}") from None
+
+    def execute(self, sql: str) -> None:
+        raise StoreError(f"{self.path} is held by another process: read-only access")
+
+    def insert(self, table: str, columns: list[str], data: list[list]) -> None:
+        self.execute("")
+
+
 def with_database(url: str, database: str) -> str:
     """The same server (or chDB path) with another database."""
     _check_identifier(database)
@@ -208,5 +312,12 @@ def connect(url: str, timeout_s: float = 30.0) -> Store:
     if scheme in ("clickhouse", "tcp"):
         return NativeStore(url, timeout_s)
     if scheme == "chdb":
-        return ChdbStore(url)
+        try:
+            return ChdbStore(url)
+        except ChdbBusy as busy:
+            try:
+                address = open(os.path.join(busy.path, ENDPOINT_FILE)).read().strip()
+            except OSError:
+                raise busy from None
+            return ChdbRemote(url, busy.path, address)
     raise StoreError(f"OPSCENTRE_CLICKHOUSE: unsupported scheme {scheme!r} (use clickhouse:// or chdb://)")

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 import faust
 from prometheus_client import Gauge
 
-from opscentre.clickhouse import StoreError, connect
+from opscentre.clickhouse import ChdbQueryServer, ChdbStore, StoreError, connect
 from opscentre.kafka import MAX_RECORD_BYTES, ensure_topics, topic_ids
 from opscentre.provinces import load_provinces
 from opscentre.settings import Settings
@@ -179,6 +179,8 @@ def run_worker(settings: Settings, loglevel: str = "warning") -> None:
     bootstrap = settings.require_kafka()
     store = connect(settings.require_clickhouse(), settings.clickhouse_timeout_s)
     migrate(store)
+    if isinstance(store, ChdbStore):
+        ChdbQueryServer(store)  # lets `opscentre kpi` read while this process holds the path
     ensure_topics(settings)
     ids = topic_ids(bootstrap, settings.event_topics)
     serve_metrics(settings)
