@@ -113,31 +113,22 @@ def counters(store: Store, period: Period, province: str | None) -> dict:
     """{province: {counter: value}} for service and security counters over the period."""
     totals: dict = {}
     where_province = _province_filter(province)
+    sources = []  # (table, expressions, where, keys)
     if period.minutes:
         a, b = period.minutes
-        minute_range = f"window_start >= toDateTime({a}) AND window_start < toDateTime({b})"
-        sums = ", ".join(f"sum({name})" for name in SERVICE_COUNTERS)
-        for row in store.query(
-            f"SELECT province, {sums} FROM {store.table('service_minute')} FINAL "
-            f"WHERE {minute_range}{where_province} GROUP BY province"
-        ):
-            _add(totals, row[0], SERVICE_COUNTERS, row[1:])
-        for row in store.query(
-            f"SELECT province, {', '.join(_MINUTE_SECURITY)} FROM {store.table('security_minute')} FINAL "
-            f"WHERE {minute_range}{where_province} GROUP BY province"
-        ):
-            _add(totals, row[0], SECURITY_KEYS, row[1:])
+        minutes = f"window_start >= toDateTime({a}) AND window_start < toDateTime({b}){where_province}"
+        sources.append(("service_minute", [f"sum({name})" for name in SERVICE_COUNTERS], minutes, SERVICE_COUNTERS))
+        sources.append(("security_minute", _MINUTE_SECURITY, minutes, SECURITY_KEYS))
     for a_ms, b_ms in period.edges:
+        edge = f"{_raw_range(a_ms, b_ms)}{where_province}"
+        sources.append(("service_events", list(_RAW_SERVICE.values()), edge, SERVICE_COUNTERS))
+        sources.append(("security_events", _RAW_SECURITY, edge, SECURITY_KEYS))
+    for table, expressions, where, keys in sources:
         for row in store.query(
-            f"SELECT province, {', '.join(_RAW_SERVICE.values())} FROM {store.table('service_events')} FINAL "
-            f"WHERE {_raw_range(a_ms, b_ms)}{where_province} GROUP BY province"
+            f"SELECT province, {', '.join(expressions)} FROM {store.table(table)} FINAL "
+            f"WHERE {where} GROUP BY province"
         ):
-            _add(totals, row[0], SERVICE_COUNTERS, row[1:])
-        for row in store.query(
-            f"SELECT province, {', '.join(_RAW_SECURITY)} FROM {store.table('security_events')} FINAL "
-            f"WHERE {_raw_range(a_ms, b_ms)}{where_province} GROUP BY province"
-        ):
-            _add(totals, row[0], SECURITY_KEYS, row[1:])
+            _add(totals, row[0], keys, row[1:])
     return totals
 
 
