@@ -1,10 +1,12 @@
 """`opscentre worker`: the Faust app around the processor.
 
-One agent reads both event topics. It takes records in batches without
-acknowledging them, applies them, publishes rejections, writes everything to
-ClickHouse, and only then acknowledges: Faust commits an offset once its rows
-are stored. Whatever is redelivered past the committed offset is recognised
-by the row versions (see streams.processor) and does not count twice.
+One agent reads both event topics and applies each record without
+acknowledging it, publishing its rejections. About once a second (or after
+enough records) it freezes what it has into a snapshot; a writer process
+stores the snapshot while the agent goes on, and only then are the snapshot's
+records acknowledged: Faust commits an offset once its rows are stored.
+Whatever is redelivered past the committed offset is recognised by the row
+versions (see streams.processor) and does not count twice.
 """
 
 from __future__ import annotations
