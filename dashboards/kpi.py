@@ -10,9 +10,9 @@ from __future__ import annotations
 import datetime as dt
 
 from opscentre.clickhouse import Store, quote
+from opscentre.events import HIGH_SEVERITY
 from opscentre.measures import SERVICE_COUNTERS
 
-HIGH_SEVERITY = 4
 
 _RAW_SERVICE = {
     "events": "count()",

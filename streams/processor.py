@@ -22,7 +22,7 @@ import msgspec
 from prometheus_client import Counter, Gauge, Histogram
 
 from opscentre.events import (
-    DocumentExchanged, DossierCancelled, DossierCompleted, DossierReceived, FeedbackReceived,
+    DossierCancelled, DossierCompleted, DossierReceived, FeedbackReceived,
     FeedbackResolved, PaymentCompleted, Pseudonymiser, SecurityAlert, Validator, to_millis,
 )
 from opscentre.measures import SECURITY_COUNTERS, SERVICE_COUNTERS

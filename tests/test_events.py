@@ -1,10 +1,12 @@
 """The validator's rejection reasons are part of the contract: pinned here."""
 
+import hashlib
+import hmac
 import json
 
 import pytest
 
-from opscentre.events import DossierReceived, SecurityAlert, Validator, pseudonymise, to_millis
+from opscentre.events import DossierReceived, Pseudonymiser, SecurityAlert, Validator, to_millis
 from opscentre.provinces import load_provinces
 
 NOW_MS = 1_795_000_000_000  # 2026-11-18T11:06:40Z
@@ -99,7 +101,7 @@ def test_one_bad_item_rejects_that_item_only(validator):
     assert json.loads(decoded.rejections[2].original) == unknown
 
 
-def test_pseudonymise_is_keyed():
-    assert pseudonymise(b"k1", "CCCD001") == pseudonymise(b"k1", "CCCD001")
-    assert pseudonymise(b"k1", "CCCD001") != pseudonymise(b"k2", "CCCD001")
-    assert len(pseudonymise(b"k1", "CCCD001")) == 64
+@pytest.mark.parametrize("key", [b"k1", b"a longer secret key", b"x" * 100])
+def test_pseudonyms_are_hmac_sha256(key):
+    assert Pseudonymiser(key)("CCCD001") == hmac.new(key, b"CCCD001", hashlib.sha256).hexdigest()
+    assert Pseudonymiser(key)("CCCD001") != Pseudonymiser(key + b"!")("CCCD001")

@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from dashboards.kpi import CONTRACT_KEYS
 from opscentre.kafka import ensure_topics
 from tests.workload import Workload, provinces_seen, read_dead_letters, truth
 
@@ -49,6 +50,7 @@ def assert_kpis_match(pipeline, events, periods) -> None:
         }
         assert set(results) == expected_provinces
         for province, result in results.items():
+            assert tuple(result) == CONTRACT_KEYS
             expected = truth(events, province, from_ms, to_ms)
             got = {key: result[key] for key in expected}
             assert got == expected, f"province {province}, period {_iso(from_ms)}..{_iso(to_ms)}"
