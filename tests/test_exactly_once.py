@@ -37,6 +37,15 @@ def settle(pipeline, expected_count) -> None:
     time.sleep(2)
 
 
+def assert_exact_once_sent(pipeline, sender, workload, start_ms) -> None:
+    """After the sender finishes: every valid event stored once and every KPI exact."""
+    sender.join()
+    expected = workload.unique_valid()
+    settle(pipeline, len(expected))
+    assert stored_events(pipeline) == len(expected)
+    assert_kpis_match(pipeline, expected, periods(start_ms))
+
+
 def test_worker_killed_mid_stream_and_restarted(pipeline):
     ensure_topics(pipeline.settings)
     start_ms = start_of_minute_ms(2)
@@ -47,11 +56,7 @@ def test_worker_killed_mid_stream_and_restarted(pipeline):
     worker.stop(signal.SIGKILL)
     assert stored_events(pipeline) < 5900, "the kill must land mid-stream"
     pipeline.start_worker()
-    sender.join()
-    expected = workload.unique_valid()
-    settle(pipeline, len(expected))
-    assert stored_events(pipeline) == len(expected)
-    assert_kpis_match(pipeline, expected, periods(start_ms))
+    assert_exact_once_sent(pipeline, sender, workload, start_ms)
 
 
 def test_second_worker_joins_then_leaves(pipeline):
@@ -64,11 +69,7 @@ def test_second_worker_joins_then_leaves(pipeline):
     second = pipeline.start_worker()
     pipeline.wait_for(lambda: stored_events(pipeline) > 4000, what="both workers under way")
     second.stop(signal.SIGTERM)
-    sender.join()
-    expected = workload.unique_valid()
-    settle(pipeline, len(expected))
-    assert stored_events(pipeline) == len(expected)
-    assert_kpis_match(pipeline, expected, periods(start_ms))
+    assert_exact_once_sent(pipeline, sender, workload, start_ms)
 
 
 def replay(pipeline, *args) -> str:
@@ -117,11 +118,7 @@ def test_clickhouse_unreachable_for_30_seconds(kafka_bootstrap, tmp_path):
         time.sleep(30)
         assert worker.running(), "the worker must wait for ClickHouse, not exit"
         server.start()
-        sender.join()
-        expected = workload.unique_valid()
-        settle(pipeline, len(expected))
-        assert stored_events(pipeline) == len(expected)
-        assert_kpis_match(pipeline, expected, periods(start_ms))
+        assert_exact_once_sent(pipeline, sender, workload, start_ms)
     finally:
         pipeline.stop_all()
         server.stop()
