@@ -9,7 +9,9 @@ party sends), then times, one after the other:
 
 - the project's worker end to end: first record consumed → every event stored
   and its per-minute rows queryable;
-- a plain kafka-python loop doing the same per-minute aggregation (the limit);
+- a plain kafka-python loop doing the worker's work (the project's processor and
+  writer process, no Faust): what the framework costs;
+- a plain kafka-python loop that only decodes and counts per minute (the bare limit);
 - a naive Faust agent counting into a Table;
 - Quix Streams with a 1-minute tumbling window.
 
@@ -30,6 +32,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from concurrent.futures import ThreadPoolExecutor  # noqa: E402
+from dataclasses import replace  # noqa: E402
+
 import msgspec  # noqa: E402
 from kafka import KafkaConsumer, TopicPartition  # noqa: E402
 
@@ -37,7 +42,13 @@ from bench.common import make_events, produce  # noqa: E402
 from opscentre.clickhouse import connect  # noqa: E402
 from opscentre.embedded import EmbeddedBroker  # noqa: E402
 from opscentre.events import AnyEvent, to_millis  # noqa: E402
+from opscentre.kafka import topic_ids  # noqa: E402
 from opscentre.local import scrape  # noqa: E402
+from opscentre.provinces import load_provinces  # noqa: E402
+from sinks.clickhouse_sink import ClickHouseSink  # noqa: E402
+from sinks.schema import migrate  # noqa: E402
+from sinks.writer_process import WriterProcess  # noqa: E402
+from streams.processor import Processor  # noqa: E402
 from tests.harness import ClickHouseServer, Pipeline  # noqa: E402
 
 
@@ -70,14 +81,61 @@ def project_worker(bootstrap, clickhouse_url, events, per_record) -> dict:
         worker.stop()
 
 
-def plain_loop(settings, clickhouse_url, total) -> dict:
-    """kafka-python, msgspec, a dict of counters, one insert at the end: no de-duplication, no exactness."""
-    decode = msgspec.json.Decoder(list[AnyEvent] | AnyEvent).decode
+def _consumer(settings):
     consumer = KafkaConsumer(bootstrap_servers=settings.kafka.split(","), group_id=None, enable_auto_commit=False,
                              max_partition_fetch_bytes=4 << 20, fetch_max_bytes=16 << 20)
     partitions = [TopicPartition(settings.service_topic, p) for p in consumer.partitions_for_topic(settings.service_topic)]
     consumer.assign(partitions)
     consumer.seek_to_beginning()
+    return consumer
+
+
+def plain_same_work(settings, clickhouse_url, total) -> dict:
+    """kafka-python feeding the project's Processor; snapshots written by the writer process while
+    the loop goes on, as in the worker: validation, de-duplication, raw events, exact rows."""
+    settings = replace(settings, clickhouse=clickhouse_url)
+    store = connect(clickhouse_url)
+    migrate(store)
+    processor = Processor(settings, topic_ids(settings.kafka, settings.event_topics), ClickHouseSink(store),
+                          b"bench-key", load_provinces(None))
+    writer = WriterProcess(clickhouse_url, 30.0)
+    executor = ThreadPoolExecutor(max_workers=1)
+    consumer = _consumer(settings)
+    in_flight = None
+    seen = written = 0
+    first = None
+    last_snapshot = time.monotonic()
+
+    def write(snapshot):
+        writer.write(snapshot.batch)
+        return snapshot
+
+    try:
+        while seen < total:
+            for records in consumer.poll(timeout_ms=500, max_records=5000).values():
+                if first is None:
+                    first = time.monotonic()
+                for record in records:
+                    processor.process(record.topic, record.partition, record.offset, record.timestamp, record.value)
+            if time.monotonic() - last_snapshot >= settings.flush_interval_s or written + processor.pending_events() >= total:
+                if in_flight is not None:
+                    processor.commit(in_flight.result())
+                written += processor.pending_events()
+                in_flight = executor.submit(write, processor.prepare())
+                last_snapshot = time.monotonic()
+            seen = written
+        processor.commit(in_flight.result())
+        return {"events": stored(store), "seconds": time.monotonic() - first}
+    finally:
+        consumer.close()
+        writer.close()
+        executor.shutdown()
+
+
+def plain_loop(settings, clickhouse_url, total) -> dict:
+    """kafka-python, msgspec, a dict of counters, one insert at the end: no de-duplication, no exactness."""
+    decode = msgspec.json.Decoder(list[AnyEvent] | AnyEvent).decode
+    consumer = _consumer(settings)
     counts: dict = {}
     seen = 0
     first = None
@@ -123,6 +181,7 @@ def main() -> None:
     parser.add_argument("--single-events", type=int, default=40_000)
     parser.add_argument("--per-record", type=int, default=500)
     parser.add_argument("--time-limit", type=float, default=60.0)
+    parser.add_argument("--only", help="comma-separated row numbers to run (1-7), for quick comparisons")
     args = parser.parse_args()
 
     broker = server = None
@@ -144,14 +203,22 @@ def main() -> None:
         single = Pipeline(bootstrap, url("bench_single"), Path(tempfile.mkdtemp()))
         produce(single.settings, singles, 1)
 
+        only = {int(n) for n in args.only.split(",")} if args.only else None
+        row_number = [0]
+
         def run(name, data, fn):
+            row_number[0] += 1
+            if only and row_number[0] not in only:
+                return
             print(f"… {name}", file=sys.stderr, flush=True)
             outcome = fn()
             results.append((name, data, outcome))
 
         run("project worker (end to end)", f"batched x{args.per_record}",
             lambda: project_worker(bootstrap, url("bench_worker"), service, args.per_record))
-        run("plain kafka-python loop", f"batched x{args.per_record}",
+        run("plain loop, worker's work", f"batched x{args.per_record}",
+            lambda: plain_same_work(batched.settings, url("bench_plain_same"), len(service)))
+        run("plain loop, decode and count", f"batched x{args.per_record}",
             lambda: plain_loop(batched.settings, url("bench_plain"), len(service)))
         run("naive Faust agent + Table", f"batched x{args.per_record}",
             lambda: subprocess_baseline("naive_faust.py", batched.settings, len(service), args.time_limit, "faust"))
@@ -167,13 +234,17 @@ def main() -> None:
         if broker:
             broker.stop()
 
-    print(f"\n{'what':<32} {'records':<14} {'events':>9} {'seconds':>8} {'events/s':>10}")
+    worker_rates = {data: o["events"] / o["seconds"] for name, data, o in results
+                    if name.startswith("project worker") and "error" not in o}
+    print(f"\n{'what':<32} {'records':<14} {'events':>9} {'seconds':>8} {'events/s':>10} {'worker ÷':>9}")
     for name, data, outcome in results:
         if "error" in outcome:
             print(f"{name:<32} {data:<14} failed: {outcome['error']}")
             continue
         rate = outcome["events"] / outcome["seconds"]
-        print(f"{name:<32} {data:<14} {outcome['events']:>9,} {outcome['seconds']:>8.1f} {rate:>10,.0f}")
+        worker = worker_rates.get(data)
+        ratio = f"{worker / rate:>9.2f}" if worker and not name.startswith("project worker") else ""
+        print(f"{name:<32} {data:<14} {outcome['events']:>9,} {outcome['seconds']:>8.1f} {rate:>10,.0f} {ratio}")
 
 
 if __name__ == "__main__":

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+import time
 
-from kafka import KafkaAdminClient, KafkaConsumer
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.partitioner.default import murmur2
@@ -88,3 +89,26 @@ def partition_count(bootstrap: str, topic: str) -> int:
 def partition_for(key: str, partitions: int) -> int:
     """The partition Kafka's default partitioner picks for a key (murmur2, as Java clients do)."""
     return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+
+
+def keys_since(bootstrap: str, topic: str, partition: int, offset: int, quiet_s: float = 1.0) -> dict[str, int]:
+    """{record key: offset} of a partition from `offset` to its end.
+
+    The end is where nothing more arrives for `quiet_s`: Tansu under-reports end offsets.
+    """
+    tp = TopicPartition(topic, partition)
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap.split(","), group_id=None, enable_auto_commit=False,
+                             client_id="opscentre-alert-check")
+    try:
+        consumer.assign([tp])
+        consumer.seek(tp, max(0, offset))
+        found: dict[str, int] = {}
+        quiet_since = time.monotonic()
+        while time.monotonic() - quiet_since < quiet_s:
+            for message in consumer.poll(timeout_ms=200).get(tp, ()):
+                quiet_since = time.monotonic()
+                if message.key is not None:
+                    found[message.key.decode("utf-8", errors="replace")] = message.offset
+        return found
+    finally:
+        consumer.close()

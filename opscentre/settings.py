@@ -60,6 +60,8 @@ class Settings:
     group_rebalance_timeout_s: float = 10.0
     group_heartbeat_s: float = 2.0
     provinces_file: str | None = None
+    alert_lookahead_s: float = 3600.0
+    idle_watermark_s: float = 10.0
     data_dir: str = "./var"
 
     @classmethod
@@ -82,6 +84,8 @@ class Settings:
             group_rebalance_timeout_s=_float("OPSCENTRE_GROUP_REBALANCE_TIMEOUT_S", 10.0, minimum=1.0),
             group_heartbeat_s=_float("OPSCENTRE_GROUP_HEARTBEAT_S", 2.0, minimum=0.1),
             provinces_file=_env("OPSCENTRE_PROVINCES_FILE", None),
+            alert_lookahead_s=_float("OPSCENTRE_ALERT_LOOKAHEAD_S", 3600.0, minimum=60.0),
+            idle_watermark_s=_float("OPSCENTRE_IDLE_WATERMARK_S", 10.0, minimum=1.0),
             data_dir=_env("OPSCENTRE_DATA_DIR", "./var"),  # type: ignore[arg-type]
         )
 

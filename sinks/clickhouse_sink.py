@@ -14,7 +14,12 @@ from dataclasses import dataclass, field
 from prometheus_client import Counter, Histogram
 
 from opscentre.clickhouse import Store, quote
-from opscentre.measures import SECURITY_COUNTERS, SECURITY_DIMENSIONS, SERVICE_COUNTERS, SERVICE_DIMENSIONS
+from opscentre.measures import (
+    SECURITY_COUNTERS,
+    SECURITY_DIMENSIONS,
+    SERVICE_COUNTERS,
+    SERVICE_DIMENSIONS,
+)
 
 ROWS_WRITTEN = Counter("opscentre_sink_rows_written_total", "Rows inserted into ClickHouse", ["table"])
 INSERT_SECONDS = Histogram(
@@ -35,6 +40,10 @@ SECURITY_RAW_COLUMNS = (
     "topic_id", "source_partition", "source_offset", "item_index", "record_ms",
 )
 SEEN_COLUMNS = ("topic_id", "source_partition", "record_ms", "source_offset", "event_id")
+ALERT_COLUMNS = (
+    "alert_id", "type", "kind", "item_id", "item_ref", "province", "agency", "procedure_code", "due_ms",
+    "detected_ms", "replayed", "published", "published_offset", "topic_id", "source_partition", "source_offset",
+)
 REJECTED_COLUMNS = (
     "topic", "topic_id", "source_partition", "source_offset", "item_index", "record_ms", "rejected_at", "reason", "original",
 )
@@ -61,21 +70,39 @@ class WriteBatch:
 
     service_raw: list = field(default_factory=list)  # SERVICE_RAW_COLUMNS
     security_raw: list = field(default_factory=list)  # SECURITY_RAW_COLUMNS
-    seen: list = field(default_factory=list)  # SEEN_COLUMNS
     rejected: list = field(default_factory=list)  # REJECTED_COLUMNS
+    alerts: list = field(default_factory=list)  # ALERT_COLUMNS
     service_minute: list = field(default_factory=list)  # SERVICE_MINUTE.columns
     security_minute: list = field(default_factory=list)  # SECURITY_MINUTE.columns
 
-    def parts(self):
-        # Order matters: per-minute rows last (see module docstring).
-        return (
-            ("service_events", SERVICE_RAW_COLUMNS, self.service_raw),
-            ("security_events", SECURITY_RAW_COLUMNS, self.security_raw),
-            ("seen_event_ids", SEEN_COLUMNS, self.seen),
-            ("rejected_events", REJECTED_COLUMNS, self.rejected),
-            ("service_minute", SERVICE_MINUTE.columns, self.service_minute),
-            ("security_minute", SECURITY_MINUTE.columns, self.security_minute),
-        )
+    def inserts(self):
+        """(table, column names, columns, row count) to insert, in order: per-minute rows last
+        (see module docstring). Accepted ids are columns of the raw rows, not rows of their own."""
+        service = _columns(self.service_raw, len(SERVICE_RAW_COLUMNS))
+        security = _columns(self.security_raw, len(SECURITY_RAW_COLUMNS))
+        seen = [
+            service[SERVICE_RAW_COLUMNS.index(name)] + security[SECURITY_RAW_COLUMNS.index(name)]
+            for name in SEEN_COLUMNS
+        ]
+        return [
+            (table, names, columns, count)
+            for table, names, columns, count in (
+                ("service_events", SERVICE_RAW_COLUMNS, service, len(self.service_raw)),
+                ("security_events", SECURITY_RAW_COLUMNS, security, len(self.security_raw)),
+                ("seen_event_ids", SEEN_COLUMNS, seen, len(self.service_raw) + len(self.security_raw)),
+                ("rejected_events", REJECTED_COLUMNS, _columns(self.rejected, len(REJECTED_COLUMNS)), len(self.rejected)),
+                ("alerts", ALERT_COLUMNS, _columns(self.alerts, len(ALERT_COLUMNS)), len(self.alerts)),
+                ("service_minute", SERVICE_MINUTE.columns, _columns(self.service_minute, len(SERVICE_MINUTE.columns)),
+                 len(self.service_minute)),
+                ("security_minute", SECURITY_MINUTE.columns,
+                 _columns(self.security_minute, len(SECURITY_MINUTE.columns)), len(self.security_minute)),
+            )
+            if count
+        ]
+
+
+def _columns(rows: list, width: int) -> list:
+    return [list(column) for column in zip(*rows)] if rows else [[] for _ in range(width)]
 
 
 def record_write(stats) -> int:
@@ -105,13 +132,10 @@ class ClickHouseSink:
     def write_rows(self, batch: WriteBatch) -> list:
         """Insert a batch; returns (table, rows, seconds) per insert, for the metrics."""
         stats = []
-        for table, names, rows in batch.parts():
-            if not rows:
-                continue
-            data = [list(column) for column in zip(*rows)]  # transposed in C
+        for table, names, columns, count in batch.inserts():
             started = time.perf_counter()
-            self.store.insert(table, list(names), data)
-            stats.append((table, len(rows), time.perf_counter() - started))
+            self.store.insert(table, list(names), columns)
+            stats.append((table, count, time.perf_counter() - started))
         return stats
 
     def _select_rows(self, table: AggregateTable, where: str) -> dict:
@@ -152,6 +176,59 @@ class ClickHouseSink:
             values = ", ".join("(" + ", ".join(quote(v) for v in key) + ")" for key in chunk)
             found.update(self._select_rows(table, f"{source} AND {tuple_sql} IN ({values})"))
         return found
+
+
+    # -- overdue tracking (streams.overdue) ------------------------------------------------
+
+    def load_open_items(self, topic_id: str, partition: int, after_ms: int | None, up_to_ms: int) -> list:
+        """Items of a partition received and not closed, due in (after_ms, up_to_ms], never alerted."""
+        events = self.store.table("service_events")
+        source = f"topic_id = {quote(topic_id)} AND source_partition = {int(partition)}"
+        due = f"due_ms <= {int(up_to_ms)}" + ("" if after_ms is None else f" AND due_ms > {int(after_ms)}")
+        # Open: received, and no completion, cancellation or resolution at or before the due time
+        # (an item closed late went overdue first: it is alerted too).
+        sql = f"""
+SELECT kind, item_id, due, province, agency, procedure FROM (
+    SELECT kind, item_id, anyIf(due_ms, opening) AS due, anyIf(province, opening) AS province,
+           anyIf(agency, opening) AS agency, anyIf(procedure_code, opening) AS procedure,
+           countIf(opening) AS opened, minIf(occurred_ms, NOT opening) AS first_close, countIf(NOT opening) AS closes
+    FROM (
+        SELECT if(event_type LIKE 'dossier.%', 'dossier', 'feedback') AS kind, item_id, due_ms, province, agency,
+               procedure_code, occurred_ms, event_type IN ('dossier.received', 'feedback.received') AS opening
+        FROM {events} FINAL
+        WHERE {source}
+          AND event_type IN ('dossier.received', 'dossier.completed', 'dossier.cancelled', 'feedback.received',
+                             'feedback.resolved')
+          AND item_id IN (SELECT item_id FROM {events} WHERE {source}
+                          AND event_type IN ('dossier.received', 'feedback.received') AND {due})
+    )
+    GROUP BY kind, item_id
+)
+WHERE opened > 0 AND (closes = 0 OR first_close > due)
+  AND (kind, item_id) NOT IN (SELECT kind, item_id FROM {self.store.table('alerts')} WHERE {source})"""
+        return [(kind, item_id, int(due_ms), province, agency, procedure)
+                for kind, item_id, due_ms, province, agency, procedure in self.store.query(sql)
+                if after_ms is None or int(due_ms) > after_ms]
+
+    def load_alert_state(self, topic_id: str, partition: int, first_offset: int, since_ms: int) -> tuple:
+        """For a worker resuming a partition at `first_offset`: (kind, item_id, detected_ms) of alerts raised
+        by records it will see again, alert rows stored but never published, and ("kind:item_id",
+        record_ms) of items closed since `since_ms` (record time), oldest first, and the alerts-topic offset
+        of the last alert known to be published from this partition (-1: none)."""
+        source = f"topic_id = {quote(topic_id)} AND source_partition = {int(partition)}"
+        alerts = self.store.table("alerts")
+        alerted = [(k, i, int(d)) for k, i, d in self.store.query(
+            f"SELECT kind, item_id, detected_ms FROM {alerts} FINAL WHERE {source} AND source_offset >= {int(first_offset)}")]
+        unpublished = [tuple(row) for row in self.store.query(
+            f"SELECT {', '.join(ALERT_COLUMNS)} FROM {alerts} FINAL WHERE {source} AND published = 0")]
+        closed = [(f"{kind}:{item_id}", int(ms)) for kind, item_id, ms in self.store.query(
+            f"SELECT if(event_type LIKE 'dossier.%', 'dossier', 'feedback'), item_id, record_ms "
+            f"FROM {self.store.table('service_events')} FINAL WHERE {source} AND record_ms >= {int(since_ms)} "
+            f"AND (event_type = 'dossier.cancelled' OR (event_type IN ('dossier.completed', 'feedback.resolved') "
+            f"AND occurred_ms <= due_ms)) ORDER BY record_ms")]
+        last_published = self.store.query(
+            f"SELECT max(published_offset), count() FROM {alerts} WHERE {source} AND published = 1")[0]
+        return alerted, unpublished, closed, int(last_published[0]) if int(last_published[1]) else -1
 
 
 def _normalise_key(table: AggregateTable, key: tuple) -> tuple:

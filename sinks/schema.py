@@ -17,7 +17,7 @@ from __future__ import annotations
 from opscentre.clickhouse import Store
 from opscentre.measures import SECURITY_COUNTERS, SERVICE_COUNTERS
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def _types(version: tuple[int, ...]) -> dict[str, str]:
@@ -143,6 +143,70 @@ ORDER BY (topic_id, source_partition, source_offset, item_index)""",
 ) ENGINE = MergeTree
 PARTITION BY toYYYYMMDD(toDateTime(intDiv(record_ms, 1000)))
 ORDER BY (topic_id, source_partition, record_ms)""",
+        # One row per overdue item (ReplacingMergeTree on the item): published = 1 once the alert
+        # is on the alerts topic, so a worker taking the partition over re-sends only the others.
+        f"""CREATE TABLE IF NOT EXISTS {db}.alerts (
+    alert_id String,
+    type {lc},
+    kind {lc},
+    item_id String,
+    item_ref String,
+    province {lc},
+    agency {lc},
+    procedure_code {lc},
+    due_ms UInt64,
+    due_at DateTime('UTC') ALIAS toDateTime(intDiv(due_ms, 1000)),
+    detected_ms UInt64,
+    detected_at DateTime('UTC') DEFAULT toDateTime(intDiv(detected_ms, 1000)),
+    replayed UInt8,
+    published UInt8,
+    published_offset Int64,
+    topic_id {lc},
+    source_partition UInt16,
+    source_offset UInt64,
+    written_at DateTime('UTC') DEFAULT now()
+) ENGINE = ReplacingMergeTree(published)
+PARTITION BY toYYYYMM(toDateTime(intDiv(due_ms, 1000)))
+ORDER BY (kind, item_id)""",
+        # The lifecycle of every dossier and feedback item, from its events in any order.
+        # Times are epoch ms, 0 when the event has not been seen.
+        f"""CREATE VIEW IF NOT EXISTS {db}.dossier_lifecycle AS
+SELECT
+    item_id AS dossier_id,
+    if(countIf(event_type = 'dossier.received') > 0, anyIf(province, event_type = 'dossier.received'), any(province)) AS province,
+    if(countIf(event_type = 'dossier.received') > 0, anyIf(agency, event_type = 'dossier.received'), any(agency)) AS agency,
+    anyIf(procedure_code, procedure_code != '') AS procedure_code,
+    anyIf(service_level, event_type = 'dossier.received') AS service_level,
+    minIf(occurred_ms, event_type = 'dossier.received') AS received_ms,
+    if(countIf(event_type = 'dossier.received') > 0, minIf(due_ms, event_type = 'dossier.received'),
+       maxIf(due_ms, event_type = 'dossier.completed')) AS due_ms,
+    minIf(occurred_ms, event_type = 'dossier.completed') AS completed_ms,
+    minIf(occurred_ms, event_type = 'dossier.cancelled') AS cancelled_ms,
+    countIf(event_type = 'dossier.received') > 0 AS received,
+    countIf(event_type = 'dossier.completed') > 0 AS completed,
+    countIf(event_type = 'dossier.cancelled') > 0 AS cancelled,
+    maxIf(on_time, event_type = 'dossier.completed') AS completed_on_time,
+    countIf(event_type = 'payment.completed' AND method = 'online') > 0 AS paid_online
+FROM {db}.service_events FINAL
+WHERE event_type IN ('dossier.received', 'dossier.completed', 'dossier.cancelled', 'payment.completed')
+GROUP BY item_id""",
+        f"""CREATE VIEW IF NOT EXISTS {db}.feedback_lifecycle AS
+SELECT
+    item_id AS feedback_id,
+    any(province) AS province,
+    any(agency) AS agency,
+    anyIf(channel, event_type = 'feedback.received') AS channel,
+    minIf(occurred_ms, event_type = 'feedback.received') AS received_ms,
+    if(countIf(event_type = 'feedback.received') > 0, minIf(due_ms, event_type = 'feedback.received'),
+       max(due_ms)) AS due_ms,
+    minIf(occurred_ms, event_type = 'feedback.resolved') AS resolved_ms,
+    countIf(event_type = 'feedback.received') > 0 AS received,
+    countIf(event_type = 'feedback.resolved') > 0 AS resolved,
+    maxIf(on_time, event_type = 'feedback.resolved') AS resolved_on_time,
+    maxIf(satisfied, event_type = 'feedback.resolved') AS satisfied
+FROM {db}.service_events FINAL
+WHERE event_type IN ('feedback.received', 'feedback.resolved')
+GROUP BY item_id""",
         f"""CREATE TABLE IF NOT EXISTS {db}.schema_migrations (
     version UInt32,
     applied_at DateTime('UTC') DEFAULT now()

@@ -21,7 +21,13 @@ import faust
 from prometheus_client import Gauge
 
 from opscentre.clickhouse import ChdbQueryServer, ChdbStore, StoreError, connect
-from opscentre.kafka import MAX_RECORD_BYTES, ensure_topics, topic_ids
+from opscentre.kafka import (
+    MAX_RECORD_BYTES,
+    ensure_topics,
+    keys_since,
+    partition_count,
+    topic_ids,
+)
 from opscentre.provinces import load_provinces
 from opscentre.settings import Settings
 from opscentre.telemetry import serve_metrics
@@ -29,7 +35,7 @@ from sinks.clickhouse_sink import FLUSH_FAILURES, ClickHouseSink
 from sinks.schema import migrate
 from sinks.writer_process import WriterProcess
 
-from .processor import Processor
+from .processor import Processor, alert_messages
 
 log = logging.getLogger("opscentre.worker")
 
@@ -62,6 +68,10 @@ def build_app(settings: Settings, processor: Processor, writer=None) -> faust.Ap
     )
     source = app.topic(*settings.event_topics, key_serializer="raw", value_serializer="raw")
     dead_letters = app.topic(settings.dead_letter_topic, key_serializer="raw", value_serializer="raw")
+    alerts_topic = app.topic(settings.alerts_topic, key_serializer="raw", value_serializer="raw")
+    alert_partitions = partition_count(bootstrap, settings.alerts_topic)
+    processor.published_since = lambda partition, offset: keys_since(
+        bootstrap, settings.alerts_topic, partition % alert_partitions, offset)
     lock = asyncio.Lock()
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse-writer")
     # The snapshot being written while the next records are processed, and the events it stores.
@@ -92,8 +102,21 @@ def build_app(settings: Settings, processor: Processor, writer=None) -> faust.Ap
             await asyncio.wrap_future(future)
             in_flight.pop(0)
             processor.commit(snapshot)
+            await publish_alerts()
             for event in events:
                 await streams[0].ack(event)
+
+    async def publish_alerts() -> None:
+        """Alerts go out once stored; the next snapshot records where they went."""
+        rows = processor.take_unpublished()
+        if not rows:
+            return
+        sent = [
+            await alerts_topic.send(key=key, value=value, partition=partition % alert_partitions)
+            for partition, key, value in alert_messages(rows)
+        ]
+        await app.producer.flush()
+        processor.mark_published(rows, [(await future).offset for future in sent])
 
     async def start_write(events) -> None:
         await finish_in_flight()
@@ -157,7 +180,8 @@ def build_app(settings: Settings, processor: Processor, writer=None) -> faust.Ap
         if lock.locked():
             return
         async with lock:
-            if pending and time.monotonic() - last_snapshot[0] >= settings.flush_interval_s:
+            processor.tick()
+            if (pending or processor.has_alerts()) and time.monotonic() - last_snapshot[0] >= settings.flush_interval_s:
                 await snapshot_pending()
             elif in_flight and in_flight[0][0].done():
                 await finish_in_flight()

@@ -14,6 +14,7 @@ same counts instead of adding to them.
 from __future__ import annotations
 
 import base64
+import datetime
 import logging
 import time
 from typing import NamedTuple
@@ -21,14 +22,30 @@ from typing import NamedTuple
 import msgspec
 from prometheus_client import Counter, Gauge, Histogram
 
+from opscentre.clickhouse import StoreError
 from opscentre.events import (
-    DossierCancelled, DossierCompleted, DossierReceived, FeedbackReceived,
-    FeedbackResolved, PaymentCompleted, Pseudonymiser, SecurityAlert, Validator, to_millis,
+    DossierCancelled,
+    DossierCompleted,
+    DossierReceived,
+    FeedbackReceived,
+    FeedbackResolved,
+    PaymentCompleted,
+    Pseudonymiser,
+    SecurityAlert,
+    Validator,
+    to_millis,
 )
 from opscentre.measures import SECURITY_COUNTERS, SERVICE_COUNTERS
-from sinks.clickhouse_sink import SECURITY_MINUTE, SERVICE_MINUTE, ClickHouseSink, WriteBatch
+from sinks.clickhouse_sink import (
+    ALERT_COLUMNS,
+    SECURITY_MINUTE,
+    SERVICE_MINUTE,
+    ClickHouseSink,
+    WriteBatch,
+)
 
 from .dedup import RecentIds
+from .overdue import ALERT_TYPES, OpenItem, OverdueTracker
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +60,11 @@ LATENCY = Histogram(
 )
 LAST_WINDOW = Gauge("opscentre_stream_last_window_written_seconds", "Start of the latest minute written (epoch s)")
 PARTITIONS = Gauge("opscentre_stream_partitions_owned", "Source partitions with state in this worker")
+OVERDUE_ALERTS = Counter("opscentre_stream_overdue_alerts_total", "Overdue alerts raised", ["type", "replayed"])
+TRACKED_ITEMS = Gauge("opscentre_stream_open_items_tracked", "Open items due within the look-ahead, in memory")
+WATERMARK = Gauge("opscentre_stream_watermark_seconds", "Event-time watermark of a source partition (epoch s)",
+                  ["partition"])
+PUBLISHED, ALERT_ID = ALERT_COLUMNS.index("published"), ALERT_COLUMNS.index("alert_id")
 
 (
     RECEIVED, RECEIVED_FULL_ONLINE, RECEIVED_PARTIAL_ONLINE, COMPLETED, COMPLETED_ON_TIME, CANCELLED,
@@ -80,7 +102,7 @@ class Row:
 class PartitionState:
     __slots__ = (
         "topic", "topic_id", "partition", "table", "rows", "dirty", "recent",
-        "next_offset", "stored_through", "max_window", "stored_up_to",
+        "next_offset", "stored_through", "max_window", "stored_up_to", "tracker", "last_record_wall_ms",
     )
 
     def __init__(self, topic, topic_id, partition, table, horizon_ms):
@@ -99,7 +121,9 @@ class PartitionState:
         # Minutes up to this one may have stored rows that are not in memory (stored before the
         # take-over, or evicted since); later minutes only have rows this worker created.
         self.stored_up_to = -1
-
+        # Overdue dossiers and feedback: service partitions only.
+        self.tracker = OverdueTracker(horizon_ms) if table is SERVICE_MINUTE else None
+        self.last_record_wall_ms = 0
 
     def new_row(self, key: tuple, width: int) -> Row:
         """A row not in memory: its minute may have a stored row to add to at the next write."""
@@ -108,6 +132,33 @@ class PartitionState:
         if window > self.max_window:
             self.max_window = window
         return row
+
+
+def alert_messages(rows) -> list:
+    """(partition, key, JSON value) for the alerts topic, from alert rows (ALERT_COLUMNS). An alert
+    goes to the partition numbered like its source partition. The dossier or feedback id appears
+    only as its keyed hash (`item_ref`)."""
+    messages = []
+    for row in rows:
+        alert = dict(zip(ALERT_COLUMNS, row))
+        messages.append((alert["source_partition"], alert["alert_id"].encode(), msgspec.json.encode({
+            "alert_id": alert["alert_id"],
+            "type": alert["type"],
+            "province": alert["province"],
+            "agency": alert["agency"],
+            "procedure_code": alert["procedure_code"] or None,
+            "item_ref": alert["item_ref"],
+            "due_at": _rfc3339(alert["due_ms"]),
+            "detected_at": _rfc3339(alert["detected_ms"]),
+            "replayed": bool(alert["replayed"]),
+            "source": {"partition": alert["source_partition"], "offset": alert["source_offset"]},
+        })))
+    return messages
+
+
+def _rfc3339(ms: int) -> str:
+    return datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")
 
 
 def _reason_label(reason: str) -> str:
@@ -128,7 +179,7 @@ def _reason_label(reason: str) -> str:
 
 class Processor:
     def __init__(self, settings, topic_ids: dict, sink: ClickHouseSink, pseudonym_key: bytes, provinces,
-                 clock=time.time):
+                 clock=time.time, replaying: bool = False):
         self.settings = settings
         self.sink = sink
         self.topic_ids = topic_ids
@@ -143,6 +194,12 @@ class Processor:
         self.pending_record_ms: list = []
         self._last_eviction = clock()
         self.last_window_written = -1
+        self.lookahead_ms = int(settings.alert_lookahead_s * 1000)
+        self.idle_ms = int(settings.idle_watermark_s * 1000)
+        self.replaying = replaying  # alerts raised by `opscentre replay` are marked, so nobody is paged twice
+        self.unpublished: list = []  # stored alert rows (ALERT_COLUMNS) not yet on the alerts topic
+        # {alert_id: offset} of alerts on the alerts topic partition from an offset on (set by the worker).
+        self.published_since = lambda partition, offset: {}
         # Set by the worker while a snapshot is written in a thread: taking a partition
         # over must see every stored row, so it waits for that write first.
         self.wait_for_writes = lambda: None
@@ -162,8 +219,11 @@ class Processor:
         now_ms = int(self.clock() * 1000)
         decoded = self.validator.decode(value, now_ms)
         rejections = list(decoded.rejections)
+        state.last_record_wall_ms = now_ms
         if state.table is SERVICE_MINUTE:
             self._service(state, offset, record_ms, decoded, rejections, already_stored)
+            if decoded.occurred_ms:
+                self._overdue(state, min(max(decoded.occurred_ms), record_ms), offset)
         else:
             self._security(state, offset, record_ms, decoded, rejections, already_stored)
         if not already_stored:
@@ -179,21 +239,22 @@ class Processor:
         )
 
     def _service(self, state, offset, record_ms, decoded, rejections, already_stored) -> None:
-        rows, dirty, recent = state.rows, state.dirty, state.recent
+        rows, dirty, recent, tracker = state.rows, state.dirty, state.recent, state.tracker
         raw_append = self.batch.service_raw.append
-        seen_append = self.batch.seen.append
         topic_id, partition = state.topic_id, state.partition
         accepted = {}
         duplicates = 0
-        for event, index, occurred_ms in zip(decoded.events, decoded.indexes, decoded.occurred_ms):
+        events = decoded.events
+        fresh = recent.admit([None if type(e) is SecurityAlert else e.event_id for e in events], record_ms)
+        for event, index, occurred_ms, is_new in zip(events, decoded.indexes, decoded.occurred_ms, fresh):
             cls = type(event)
             if cls is SecurityAlert:
                 self._misrouted(event, index, rejections, "service")
                 continue
-            event_id = event.event_id
-            if not recent.add_if_new(event_id, record_ms):
+            if not is_new:
                 duplicates += 1
                 continue
+            event_id = event.event_id
             window = occurred_ms // 60000 * 60
             key = (window, event.province, event.agency)
             row = rows.get(key) or state.new_row(key, N_SERVICE)
@@ -215,6 +276,7 @@ class Processor:
                 due_ms = to_millis(event.due_at)
                 if event.applicant_id is not None:
                     applicant = self.pseudonymise(event.applicant_id)
+                tracker.opened(OpenItem(due_ms, "dossier", item_id, event.province, event.agency, procedure), record_ms)
             elif cls is DossierCompleted:
                 c[COMPLETED] += 1
                 due_ms = to_millis(event.due_at)
@@ -223,6 +285,7 @@ class Processor:
                     c[COMPLETED_ON_TIME] += 1
                 item_id, procedure, result = event.dossier_id, event.procedure_code, event.result
                 digitized = None if event.digitized is None else int(event.digitized)
+                tracker.closed_item("dossier", item_id, occurred_ms, due_ms, record_ms)
             elif cls is PaymentCompleted:
                 c[PAYMENTS] += 1
                 amount = event.amount_vnd
@@ -235,10 +298,12 @@ class Processor:
             elif cls is DossierCancelled:
                 c[CANCELLED] += 1
                 item_id, procedure = event.dossier_id, event.procedure_code
+                tracker.closed_item("dossier", item_id, occurred_ms, None, record_ms)
             elif cls is FeedbackReceived:
                 c[FEEDBACK_RECEIVED] += 1
                 item_id, channel = event.feedback_id, event.channel
                 due_ms = to_millis(event.due_at)
+                tracker.opened(OpenItem(due_ms, "feedback", item_id, event.province, event.agency, ""), record_ms)
             elif cls is FeedbackResolved:
                 c[FEEDBACK_RESOLVED] += 1
                 due_ms = to_millis(event.due_at)
@@ -249,6 +314,7 @@ class Processor:
                     c[FEEDBACK_SATISFIED] += 1
                 satisfied = None if event.satisfied is None else int(event.satisfied)
                 item_id = event.feedback_id
+                tracker.closed_item("feedback", item_id, occurred_ms, due_ms, record_ms)
             else:  # DocumentExchanged
                 direction = event.direction
                 c[DOCUMENTS_SENT if direction == "sent" else DOCUMENTS_RECEIVED] += 1
@@ -261,24 +327,24 @@ class Processor:
                 satisfied, direction, applicant, topic_id, partition, offset,
                 -1 if index is None else index, record_ms,
             ))
-            seen_append((topic_id, partition, record_ms, offset, event_id))
         self._count(accepted, duplicates, already_stored)
 
     def _security(self, state, offset, record_ms, decoded, rejections, already_stored) -> None:
         rows, dirty, recent = state.rows, state.dirty, state.recent
         raw_append = self.batch.security_raw.append
-        seen_append = self.batch.seen.append
         topic_id, partition = state.topic_id, state.partition
         accepted = 0
         duplicates = 0
-        for event, index, occurred_ms in zip(decoded.events, decoded.indexes, decoded.occurred_ms):
+        events = decoded.events
+        fresh = recent.admit([e.event_id if type(e) is SecurityAlert else None for e in events], record_ms)
+        for event, index, occurred_ms, is_new in zip(events, decoded.indexes, decoded.occurred_ms, fresh):
             if type(event) is not SecurityAlert:
                 self._misrouted(event, index, rejections, "security")
                 continue
-            event_id = event.event_id
-            if not recent.add_if_new(event_id, record_ms):
+            if not is_new:
                 duplicates += 1
                 continue
+            event_id = event.event_id
             window = occurred_ms // 60000 * 60
             technique = event.technique or ""
             key = (window, event.province, event.category, event.severity, event.action, event.sensor, technique)
@@ -296,8 +362,68 @@ class Processor:
                 event.src_ip or "", event.rule_id or "", technique, event.count,
                 topic_id, partition, offset, -1 if index is None else index, record_ms,
             ))
-            seen_append((topic_id, partition, record_ms, offset, event_id))
         self._count({SecurityAlert: accepted} if accepted else {}, duplicates, already_stored)
+
+    # -- overdue items -------------------------------------------------------------------
+
+    def _overdue(self, state, watermark: int, offset: int) -> None:
+        for item in state.tracker.advance(watermark):
+            self._alert(state, item, offset)
+
+    def _alert(self, state, item: OpenItem, offset: int) -> None:
+        kind_type = ALERT_TYPES[item.kind]
+        item_ref = self.pseudonymise(f"{item.kind}:{item.item_id}")
+        OVERDUE_ALERTS.labels(kind_type, str(self.replaying).lower()).inc()
+        self.batch.alerts.append((
+            f"{kind_type}:{item_ref[:32]}", kind_type, item.kind, item.item_id, item_ref, item.province,
+            item.agency, item.procedure_code, item.due_ms, state.tracker.watermark, int(self.replaying), 0, -1,
+            state.topic_id, state.partition, offset,
+        ))
+
+    def tick(self) -> None:
+        """Advance idle live partitions to the wall clock (less a grace period for events in flight).
+
+        Without it a quiet partition's watermark stands still and nothing goes overdue. Only
+        partitions whose watermark is within minutes of the wall clock are moved: a replay of
+        history keeps its own time.
+        """
+        now_ms = int(self.clock() * 1000)
+        for state in self.partitions.values():
+            tracker = state.tracker
+            if tracker is None or tracker.watermark < 0:
+                continue
+            if now_ms - state.last_record_wall_ms >= self.idle_ms and now_ms - tracker.watermark <= 300_000:
+                self._overdue(state, now_ms - self.idle_ms, state.next_offset - 1)
+
+    def take_unpublished(self) -> list:
+        """Stored alerts to put on the alerts topic; call mark_published() once they are there."""
+        rows, self.unpublished = self.unpublished, []
+        return rows
+
+    def mark_published(self, rows, offsets) -> None:
+        """Record that `rows` are on the alerts topic at `offsets` (stored with the next snapshot)."""
+        self.batch.alerts.extend(
+            row[:PUBLISHED] + (1, offset) + row[PUBLISHED + 2:] for row, offset in zip(rows, offsets)
+        )
+
+    def has_alerts(self) -> bool:
+        return bool(self.batch.alerts)
+
+    def _load_items(self) -> None:
+        """After a snapshot is stored: bring open items the watermark is nearing into memory."""
+        for state in self.partitions.values():
+            tracker = state.tracker
+            if tracker is None or not tracker.needs_load(self.lookahead_ms):
+                continue
+            up_to = tracker.watermark + self.lookahead_ms
+            try:
+                stored = self.sink.load_open_items(state.topic_id, state.partition, tracker.loaded_to, up_to)
+            except StoreError as exc:
+                log.warning("could not load open items of partition %d (will retry): %s", state.partition, exc)
+                continue
+            tracker.load([OpenItem(due, kind, item, *rest) for kind, item, due, *rest in stored], up_to)
+            self._overdue(state, tracker.watermark, state.next_offset - 1)
+        TRACKED_ITEMS.set(sum(len(s.tracker) for s in self.partitions.values() if s.tracker is not None))
 
     @staticmethod
     def _count(accepted: dict, duplicates: int, already_stored: bool) -> None:
@@ -357,6 +483,18 @@ class Processor:
         state.max_window = state.stored_up_to = snapshot.max_window
         state.recent.preload(snapshot.seen)
         state.next_offset = offset
+        if state.tracker is not None:
+            alerted, unpublished, closed, last_published = self.sink.load_alert_state(
+                topic_id, partition, offset, record_ms - self.horizon_ms)
+            state.tracker.alerted = {(kind, item): at for kind, item, at in alerted}
+            state.tracker.closed.preload(closed)
+            if unpublished:
+                # Stored, not known to be published: the worker may have died between the two.
+                # Whatever reached the alerts topic after the last known one is not sent again.
+                sent = self.published_since(partition, last_published + 1)
+                self.mark_published([row for row in unpublished if row[ALERT_ID] in sent],
+                                    [sent[row[ALERT_ID]] for row in unpublished if row[ALERT_ID] in sent])
+                self.unpublished.extend(row for row in unpublished if row[ALERT_ID] not in sent)
         self.partitions[(topic, partition)] = state
         PARTITIONS.set(len(self.partitions))
         log.info(
@@ -377,7 +515,7 @@ class Processor:
         return len(self.batch.service_raw) + len(self.batch.security_raw)
 
     def has_pending(self) -> bool:
-        return bool(self.pending_record_ms) or any(s.dirty for s in self.partitions.values())
+        return bool(self.pending_record_ms or self.batch.alerts) or any(s.dirty for s in self.partitions.values())
 
     def flush(self) -> int:
         """Write everything processed so far; raises StoreError and keeps it all for a retry."""
@@ -398,6 +536,8 @@ class Processor:
         versions = []
         latest_window = -1
         for state in self.partitions.values():
+            if state.tracker is not None:
+                state.tracker.snapshot_taken()
             if not state.dirty:
                 continue
             missing = [key for key in state.dirty if state.rows[key].needs_base]
@@ -435,6 +575,8 @@ class Processor:
                 row = rows.get(key)
                 if row is not None and version > row.version:
                     row.version = version
+        self.unpublished.extend(row for row in snapshot.batch.alerts if not row[PUBLISHED])
+        self._load_items()
         if snapshot.latest_window > self.last_window_written:
             self.last_window_written = snapshot.latest_window
             LAST_WINDOW.set(snapshot.latest_window)
@@ -451,4 +593,7 @@ class Processor:
                 del state.rows[key]
             if old:
                 state.stored_up_to = max(state.stored_up_to, max(key[0] for key in old))
+            if state.tracker is not None:
+                state.tracker.forget_alerted()
+                WATERMARK.labels(str(state.partition)).set(max(0, state.tracker.watermark) / 1000)
 

@@ -5,7 +5,8 @@ assigned partitions (no consumer group, no committed offsets). Because rows
 carry source-offset versions, replaying offsets already stored in the target
 database changes nothing; `--into` another database gives a what-if copy.
 Replays never publish to the dead-letter topic (rejections still land in the
-target's `rejected_events`).
+target's `rejected_events`). Overdue alerts a replay raises are stored and put
+on the alerts topic marked `"replayed": true`, so nobody is paged twice.
 """
 
 from __future__ import annotations
@@ -14,16 +15,16 @@ import sys
 import time
 from dataclasses import dataclass
 
-from kafka import KafkaConsumer, TopicPartition
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from opscentre.clickhouse import Store
-from opscentre.kafka import topic_ids
+from opscentre.kafka import keys_since, partition_count, topic_ids
 from opscentre.provinces import load_provinces
 from opscentre.settings import Settings
 from sinks.clickhouse_sink import ClickHouseSink
 from sinks.schema import migrate
 
-from .processor import Processor
+from .processor import Processor, alert_messages
 
 
 class ReplayError(ValueError):
@@ -61,6 +62,7 @@ def replay(settings: Settings, store: Store, start=None, end=None, start_ms: int
     bootstrap = settings.require_kafka()
     migrate(store)
     ids = topic_ids(bootstrap, settings.event_topics)
+    producer = None
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap.split(","), enable_auto_commit=False, group_id=None,
         max_partition_fetch_bytes=4 << 20, fetch_max_bytes=16 << 20, client_id="opscentre-replay",
@@ -92,8 +94,22 @@ def replay(settings: Settings, store: Store, start=None, end=None, start_ms: int
             consumer.seek(tp, first[tp])
         processor = Processor(
             settings, ids, ClickHouseSink(store), settings.require_pseudonym_key(),
-            load_provinces(settings.provinces_file),
+            load_provinces(settings.provinces_file), replaying=True,
         )
+        producer = KafkaProducer(bootstrap_servers=bootstrap.split(","), acks="all", client_id="opscentre-replay")
+
+        alert_partitions = partition_count(bootstrap, settings.alerts_topic)
+        processor.published_since = lambda partition, offset: keys_since(
+            bootstrap, settings.alerts_topic, partition % alert_partitions, offset)
+
+        def flush() -> None:
+            processor.flush()
+            rows = processor.take_unpublished()
+            sent = [producer.send(settings.alerts_topic, key=key, value=value, partition=partition % alert_partitions)
+                    for partition, key, value in alert_messages(rows)]
+            producer.flush()
+            processor.mark_published(rows, [future.get().offset for future in sent])
+
         report = ReplayReport()
         started = last_flush = last_progress = time.monotonic()
         quiet_since = None
@@ -118,13 +134,17 @@ def replay(settings: Settings, store: Store, start=None, end=None, start_ms: int
                     report.records += 1
             now = time.monotonic()
             if now - last_flush >= flush_every_s:
-                processor.flush()
+                flush()
                 last_flush = now
             if out is not None and now - last_progress >= 2.0:
                 last_progress = now
                 print(f"replay: {report.records:,} records, {report.records / (now - started):,.0f}/s", file=out)
-        processor.flush()
+        flush()
+        if processor.has_pending():
+            processor.flush()  # records that the last alerts went out
         report.seconds = time.monotonic() - started
         return report
     finally:
         consumer.close()
+        if producer is not None:
+            producer.close()

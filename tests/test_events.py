@@ -6,7 +6,13 @@ import json
 
 import pytest
 
-from opscentre.events import DossierReceived, Pseudonymiser, SecurityAlert, Validator, to_millis
+from opscentre.events import (
+    DossierReceived,
+    Pseudonymiser,
+    SecurityAlert,
+    Validator,
+    to_millis,
+)
 from opscentre.provinces import load_provinces
 
 NOW_MS = 1_795_000_000_000  # 2026-11-18T11:06:40Z
