@@ -103,14 +103,15 @@ def _raw_range(a_ms: int, b_ms: int) -> str:
     )
 
 
-def _add(totals: dict, province: str, keys, values) -> None:
-    row = totals.setdefault(province, {})
+def _add(totals: dict, group, keys, values) -> None:
+    row = totals.setdefault(group, {})
     for key, value in zip(keys, values):
         row[key] = row.get(key, 0) + int(value or 0)
 
 
-def counters(store: Store, period: Period, province: str | None) -> dict:
-    """{province: {counter: value}} for service and security counters over the period."""
+def counters(store: Store, period: Period, province: str | None, by_agency: bool = False) -> dict:
+    """{province: {counter: value}} for service and security counters over the period;
+    {(province, agency): ...} for service counters only with `by_agency`."""
     totals: dict = {}
     where_province = _province_filter(province)
     sources = []  # (table, expressions, where, keys)
@@ -118,35 +119,45 @@ def counters(store: Store, period: Period, province: str | None) -> dict:
         a, b = period.minutes
         minutes = f"window_start >= toDateTime({a}) AND window_start < toDateTime({b}){where_province}"
         sources.append(("service_minute", [f"sum({name})" for name in SERVICE_COUNTERS], minutes, SERVICE_COUNTERS))
-        sources.append(("security_minute", _MINUTE_SECURITY, minutes, SECURITY_KEYS))
+        if not by_agency:
+            sources.append(("security_minute", _MINUTE_SECURITY, minutes, SECURITY_KEYS))
     for a_ms, b_ms in period.edges:
         edge = f"{_raw_range(a_ms, b_ms)}{where_province}"
         sources.append(("service_events", list(_RAW_SERVICE.values()), edge, SERVICE_COUNTERS))
-        sources.append(("security_events", _RAW_SECURITY, edge, SECURITY_KEYS))
+        if not by_agency:
+            sources.append(("security_events", _RAW_SECURITY, edge, SECURITY_KEYS))
+    group = "province, agency" if by_agency else "province"
+    width = 2 if by_agency else 1
     for table, expressions, where, keys in sources:
         for row in store.query(
-            f"SELECT province, {', '.join(expressions)} FROM {store.table(table)} FINAL "
-            f"WHERE {where} GROUP BY province"
+            f"SELECT {group}, {', '.join(expressions)} FROM {store.table(table)} FINAL "
+            f"WHERE {where} GROUP BY {group}"
         ):
-            _add(totals, row[0], keys, row[1:])
+            _add(totals, tuple(row[:width]) if by_agency else row[0], keys, row[width:])
     return totals
 
 
-def overdue_open(store: Store, end_ms: int, province: str | None) -> dict:
-    """{province: dossiers received (at any time), not completed or cancelled before `to`, due before `to`}."""
-    sql = f"""
-SELECT received_province, count() FROM (
-    SELECT item_id,
-           anyIf(province, event_type = 'dossier.received') AS received_province,
-           minIf(due_ms, event_type = 'dossier.received') AS due,
-           countIf(event_type = 'dossier.received') AS received,
-           countIf(event_type IN ('dossier.completed', 'dossier.cancelled') AND occurred_ms < {end_ms}) AS closed
-    FROM {store.table('service_events')} FINAL
-    WHERE event_type IN ('dossier.received', 'dossier.completed', 'dossier.cancelled'){_province_filter(province)}
-    GROUP BY item_id
-) WHERE received > 0 AND closed = 0 AND due < {end_ms}
-GROUP BY received_province"""
-    return {row[0]: int(row[1]) for row in store.query(sql)}
+def _open_at(t_ms: int) -> str:
+    """A dossier_lifecycle row received (at any time) and neither completed nor cancelled before t."""
+    return (f"received AND NOT (completed AND completed_ms < {int(t_ms)}) "
+            f"AND NOT (cancelled AND cancelled_ms < {int(t_ms)})")
+
+
+def overdue_open(store: Store, end_ms: int, province: str | None, by_agency: bool = False) -> dict:
+    """{province (or (province, agency)): dossiers open at `to` and due before it} (CONTRACT §2)."""
+    return _lifecycle_count(store, f"{_open_at(end_ms)} AND due_ms < {int(end_ms)}", province, by_agency)
+
+
+def carried_over(store: Store, start_ms: int, province: str | None, by_agency: bool = False) -> dict:
+    """{province (or (province, agency)): dossiers received before `from` and still open at `from`}."""
+    return _lifecycle_count(store, f"{_open_at(start_ms)} AND received_ms < {int(start_ms)}", province, by_agency)
+
+
+def _lifecycle_count(store: Store, where: str, province: str | None, by_agency: bool) -> dict:
+    group = "province, agency" if by_agency else "province"
+    sql = (f"SELECT {group}, count() FROM {store.table('dossier_lifecycle')} "
+           f"WHERE {where}{_province_filter(province)} GROUP BY {group}")
+    return {(tuple(row[:2]) if by_agency else row[0]): int(row[-1]) for row in store.query(sql)}
 
 
 def kpis(store: Store, province: str, start: dt.datetime, end: dt.datetime) -> list[dict]:

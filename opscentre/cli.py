@@ -89,6 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
     kpi.add_argument("--from", dest="start", type=_time, required=True, help="RFC 3339, inclusive")
     kpi.add_argument("--to", dest="end", type=_time, required=True, help="RFC 3339, exclusive")
     kpi.add_argument("--json", action="store_true", help="one JSON object per province")
+
+    card = commands.add_parser("scorecard", help="a province's scorecard against its targets, per agency")
+    card.add_argument("--province", required=True, help="province code (e.g. 01)")
+    card.add_argument("--from", dest="start", type=_time, required=True, help="RFC 3339, inclusive")
+    card.add_argument("--to", dest="end", type=_time, required=True, help="RFC 3339, exclusive")
+    form = card.add_mutually_exclusive_group()
+    form.add_argument("--json", action="store_true", help="one JSON object per row (province, then agencies)")
+    form.add_argument("--csv", action="store_true", help="CSV with a header row")
     return parser
 
 
@@ -177,6 +185,26 @@ def cmd_kpi(args, settings: Settings) -> int:
     return 0
 
 
+def cmd_scorecard(args, settings: Settings) -> int:
+    from dashboards.scorecard import format_table, scorecard, to_csv
+
+    from .provinces import load_provinces
+
+    if args.province not in load_provinces(settings.provinces_file):
+        raise CommandError(f"unknown province code {args.province!r} (see the province list)")
+    if args.end <= args.start:
+        raise CommandError("--to must be after --from")
+    rows = scorecard(_store(settings), settings, args.province, args.start, args.end)
+    if args.json:
+        for row in rows:
+            print(json.dumps(row, ensure_ascii=False))
+    elif args.csv:
+        sys.stdout.write(to_csv(rows))
+    else:
+        print(format_table(rows))
+    return 0
+
+
 def cmd_replay(args, settings: Settings) -> int:
     from streams.replay import ReplayError, parse_offsets, replay
 
@@ -214,7 +242,7 @@ def cmd_run(args, settings: Settings) -> int:
 
 COMMANDS = {
     "run": cmd_run, "simulate": cmd_simulate, "ingest": cmd_ingest, "worker": cmd_worker,
-    "db": cmd_db, "kpi": cmd_kpi, "replay": cmd_replay,
+    "db": cmd_db, "kpi": cmd_kpi, "scorecard": cmd_scorecard, "replay": cmd_replay,
 }
 
 

@@ -41,6 +41,13 @@ def _float(name: str, default: float, minimum: float = 0.0) -> float:
     return value
 
 
+def _share(name: str, default: float) -> float:
+    value = _float(name, default)
+    if value > 1:
+        raise SettingsError(f"{name}: a share between 0 and 1 (0.95 for 95%), got {value}")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     kafka: str | None = None
@@ -62,6 +69,14 @@ class Settings:
     provinces_file: str | None = None
     alert_lookahead_s: float = 3600.0
     idle_watermark_s: float = 10.0
+    # Scorecard targets (shares, 0-1): on time per Nghị định 61/2018 practice and CONTRACT §2;
+    # fully online 70% for provinces in 2025 (Quyết định 942); the others are the operator's.
+    target_processing_on_time: float = 0.95
+    target_on_time: float = 0.95
+    target_full_online: float = 0.70
+    target_online_payment: float = 0.50
+    target_feedback_on_time: float = 0.90
+    target_satisfied: float = 0.80
     data_dir: str = "./var"
 
     @classmethod
@@ -86,6 +101,12 @@ class Settings:
             provinces_file=_env("OPSCENTRE_PROVINCES_FILE", None),
             alert_lookahead_s=_float("OPSCENTRE_ALERT_LOOKAHEAD_S", 3600.0, minimum=60.0),
             idle_watermark_s=_float("OPSCENTRE_IDLE_WATERMARK_S", 10.0, minimum=1.0),
+            target_processing_on_time=_share("OPSCENTRE_TARGET_PROCESSING_ON_TIME", 0.95),
+            target_on_time=_share("OPSCENTRE_TARGET_ON_TIME", 0.95),
+            target_full_online=_share("OPSCENTRE_TARGET_FULL_ONLINE", 0.70),
+            target_online_payment=_share("OPSCENTRE_TARGET_ONLINE_PAYMENT", 0.50),
+            target_feedback_on_time=_share("OPSCENTRE_TARGET_FEEDBACK_ON_TIME", 0.90),
+            target_satisfied=_share("OPSCENTRE_TARGET_SATISFIED", 0.80),
             data_dir=_env("OPSCENTRE_DATA_DIR", "./var"),  # type: ignore[arg-type]
         )
 
