@@ -123,7 +123,7 @@ class RecentIds:
                 if sealed.max_ts >= earliest:
                     found = [a or b for a, b in zip(found, sealed.seen_since(queries, earliest).tolist())]
         pending = self._pending
-        return [f or pending.get(h, -1) >= earliest for f, h in zip(found, hashes)]
+        return [f or (pending.get(h, -1) >= earliest and h in pending) for f, h in zip(found, hashes)]
 
     def add_if_new(self, event_id: str, ts_ms: int) -> bool:
         return self.admit([event_id], ts_ms)[0]
