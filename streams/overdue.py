@@ -37,7 +37,7 @@ class OpenItem(NamedTuple):
 
 class OverdueTracker:
     __slots__ = ("watermark", "loaded_to", "open", "heap", "unloaded", "closed_since_snapshot", "closed",
-                 "alerted", "horizon_ms")
+                 "alerted", "horizon_ms", "_opening", "_closing")
 
     def __init__(self, horizon_ms: int):
         self.watermark = -1
@@ -49,22 +49,18 @@ class OverdueTracker:
         self.closed = RecentIds(horizon_ms)  # "kind:item_id" closed lately: a late received stays closed
         self.alerted: dict = {}  # (kind, item_id) -> watermark when alerted
         self.horizon_ms = horizon_ms
+        # A record's openings and closings, settled together: one look-up in `closed` per record.
+        self._opening: dict = {}  # (kind, item_id) -> OpenItem
+        self._closing: list = []  # "kind:item_id"
 
     def __len__(self) -> int:
         return len(self.open)
 
-    def opened(self, item: OpenItem, record_ms: int) -> None:
-        key = (item.kind, item.item_id)
-        if key in self.open or key in self.alerted or key in self.closed_since_snapshot:
-            return
-        if self.closed.known([f"{item.kind}:{item.item_id}"], record_ms)[0]:
-            return
-        if self.loaded_to is not None and item.due_ms <= self.loaded_to:
-            self._add(key, item)
-        else:
-            self.unloaded.append(item)
+    def opened(self, item: OpenItem) -> None:
+        """A receipt; it takes effect at settle(), after the rest of its record."""
+        self._opening[(item.kind, item.item_id)] = item
 
-    def closed_item(self, kind: str, item_id: str, occurred_ms: int, due_ms: int | None, record_ms: int) -> None:
+    def closed_item(self, kind: str, item_id: str, occurred_ms: int, due_ms: int | None) -> None:
         """A completion, cancellation or resolution. One that comes after the due time does not
         prevent the alert: the item was overdue before it closed."""
         key = (kind, item_id)
@@ -73,10 +69,36 @@ class OverdueTracker:
             if occurred_ms > item.due_ms:
                 return
             del self.open[key]
-        elif due_ms is not None and occurred_ms > due_ms:
-            return
+        else:
+            item = self._opening.get(key)  # received earlier in the same record
+            if item is not None:
+                if occurred_ms > item.due_ms:
+                    return
+                del self._opening[key]
+            elif due_ms is not None and occurred_ms > due_ms:
+                return
         self.closed_since_snapshot.add(key)
-        self.closed.admit([f"{kind}:{item_id}"], record_ms)
+        self._closing.append(f"{kind}:{item_id}")
+
+    def settle(self, record_ms: int) -> None:
+        """Apply the record's closings and openings (call after each record)."""
+        if self._closing:
+            self.closed.admit(self._closing, record_ms)
+            self._closing = []
+        if not self._opening:
+            return
+        items = [item for key, item in self._opening.items()
+                 if key not in self.open and key not in self.alerted and key not in self.closed_since_snapshot]
+        self._opening = {}
+        if items:
+            closed = self.closed.known([f"{item.kind}:{item.item_id}" for item in items], record_ms)
+            for item, was_closed in zip(items, closed):
+                if was_closed:
+                    continue
+                if self.loaded_to is not None and item.due_ms <= self.loaded_to:
+                    self._add((item.kind, item.item_id), item)
+                else:
+                    self.unloaded.append(item)
 
     def advance(self, watermark: int) -> list:
         """Move the watermark (never back); returns the items that went overdue."""
@@ -110,13 +132,13 @@ class OverdueTracker:
         for item in self.unloaded:
             (stored if item.due_ms <= up_to else keep).append(item)
         self.unloaded = keep
-        for item in stored:
-            key = (item.kind, item.item_id)
-            if key in self.open or key in self.alerted or key in self.closed_since_snapshot:
-                continue
-            if self.closed.known([f"{item.kind}:{item.item_id}"], self.watermark)[0]:
-                continue
-            self._add(key, item)
+        stored = [item for item in stored if (item.kind, item.item_id) not in self.open
+                  and (item.kind, item.item_id) not in self.alerted
+                  and (item.kind, item.item_id) not in self.closed_since_snapshot]
+        closed = self.closed.known([f"{item.kind}:{item.item_id}" for item in stored], self.watermark)
+        for item, was_closed in zip(stored, closed):
+            if not was_closed:
+                self._add((item.kind, item.item_id), item)
         self.loaded_to = up_to
 
     def forget_alerted(self) -> None:

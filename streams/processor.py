@@ -276,7 +276,7 @@ class Processor:
                 due_ms = to_millis(event.due_at)
                 if event.applicant_id is not None:
                     applicant = self.pseudonymise(event.applicant_id)
-                tracker.opened(OpenItem(due_ms, "dossier", item_id, event.province, event.agency, procedure), record_ms)
+                tracker.opened(OpenItem(due_ms, "dossier", item_id, event.province, event.agency, procedure))
             elif cls is DossierCompleted:
                 c[COMPLETED] += 1
                 due_ms = to_millis(event.due_at)
@@ -285,7 +285,7 @@ class Processor:
                     c[COMPLETED_ON_TIME] += 1
                 item_id, procedure, result = event.dossier_id, event.procedure_code, event.result
                 digitized = None if event.digitized is None else int(event.digitized)
-                tracker.closed_item("dossier", item_id, occurred_ms, due_ms, record_ms)
+                tracker.closed_item("dossier", item_id, occurred_ms, due_ms)
             elif cls is PaymentCompleted:
                 c[PAYMENTS] += 1
                 amount = event.amount_vnd
@@ -298,12 +298,12 @@ class Processor:
             elif cls is DossierCancelled:
                 c[CANCELLED] += 1
                 item_id, procedure = event.dossier_id, event.procedure_code
-                tracker.closed_item("dossier", item_id, occurred_ms, None, record_ms)
+                tracker.closed_item("dossier", item_id, occurred_ms, None)
             elif cls is FeedbackReceived:
                 c[FEEDBACK_RECEIVED] += 1
                 item_id, channel = event.feedback_id, event.channel
                 due_ms = to_millis(event.due_at)
-                tracker.opened(OpenItem(due_ms, "feedback", item_id, event.province, event.agency, ""), record_ms)
+                tracker.opened(OpenItem(due_ms, "feedback", item_id, event.province, event.agency, ""))
             elif cls is FeedbackResolved:
                 c[FEEDBACK_RESOLVED] += 1
                 due_ms = to_millis(event.due_at)
@@ -314,7 +314,7 @@ class Processor:
                     c[FEEDBACK_SATISFIED] += 1
                 satisfied = None if event.satisfied is None else int(event.satisfied)
                 item_id = event.feedback_id
-                tracker.closed_item("feedback", item_id, occurred_ms, due_ms, record_ms)
+                tracker.closed_item("feedback", item_id, occurred_ms, due_ms)
             else:  # DocumentExchanged
                 direction = event.direction
                 c[DOCUMENTS_SENT if direction == "sent" else DOCUMENTS_RECEIVED] += 1
@@ -327,6 +327,7 @@ class Processor:
                 satisfied, direction, applicant, topic_id, partition, offset,
                 -1 if index is None else index, record_ms,
             ))
+        tracker.settle(record_ms)
         self._count(accepted, duplicates, already_stored)
 
     def _security(self, state, offset, record_ms, decoded, rejections, already_stored) -> None:
