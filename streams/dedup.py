@@ -88,16 +88,7 @@ class RecentIds:
             self._seal()
         horizon = self.horizon_ms
         hashes = [0 if i is None else hash(i) for i in ids]
-        earliest = ts_ms - horizon
-        old = None
-        if self._sealed:
-            queries = np.fromiter(hashes, dtype=np.int64, count=len(hashes))
-            for sealed in self._sealed:
-                if sealed.max_ts < earliest:
-                    continue
-                hit = sealed.seen_since(queries, earliest)
-                old = hit if old is None else old | hit
-        old = old.tolist() if old is not None else (False,) * len(ids)
+        old = self._in_sealed(hashes, ts_ms - horizon)
         pending = self._pending
         fresh = []
         for event_id, h, seen_in_sealed in zip(ids, hashes, old):
@@ -116,14 +107,20 @@ class RecentIds:
         """For each id, whether it was remembered within the horizon before `ts_ms`; remembers nothing."""
         hashes = [hash(i) for i in ids]
         earliest = ts_ms - self.horizon_ms
-        found = [False] * len(ids)
+        found = self._in_sealed(hashes, earliest)
+        pending = self._pending
+        return [f or (pending.get(h, -1) >= earliest and h in pending) for f, h in zip(found, hashes)]
+
+    def _in_sealed(self, hashes: list, earliest: int):
+        """For each hash, whether a sealed tenth accepted it at or after `earliest`."""
+        found = None
         if self._sealed:
             queries = np.fromiter(hashes, dtype=np.int64, count=len(hashes))
             for sealed in self._sealed:
                 if sealed.max_ts >= earliest:
-                    found = [a or b for a, b in zip(found, sealed.seen_since(queries, earliest).tolist())]
-        pending = self._pending
-        return [f or (pending.get(h, -1) >= earliest and h in pending) for f, h in zip(found, hashes)]
+                    hit = sealed.seen_since(queries, earliest)
+                    found = hit if found is None else found | hit
+        return found.tolist() if found is not None else (False,) * len(hashes)
 
     def add_if_new(self, event_id: str, ts_ms: int) -> bool:
         return self.admit([event_id], ts_ms)[0]
