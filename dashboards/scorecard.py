@@ -80,8 +80,11 @@ def _row(scope: str, province: str, agency: str | None, c: dict, carried: int, o
 def scorecard(store: Store, settings, province: str, start: dt.datetime, end: dt.datetime) -> list[dict]:
     """The province's row, then one row per agency (most dossiers first)."""
     period = Period(start, end)
-    totals = counters(store, period, province).get(province, {})
     by_agency = counters(store, period, province, by_agency=True)
+    totals: dict = {}  # the province is the sum of its agencies
+    for counts in by_agency.values():
+        for key, value in counts.items():
+            totals[key] = totals.get(key, 0) + value
     carried = carried_over(store, period.start_ms, province, by_agency=True)
     overdue = overdue_open(store, period.end_ms, province, by_agency=True)
     rows = [_row("province", province, None, totals, sum(carried.values()), sum(overdue.values()), settings)]
