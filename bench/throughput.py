@@ -102,7 +102,7 @@ def plain_same_work(settings, clickhouse_url, total) -> dict:
     executor = ThreadPoolExecutor(max_workers=1)
     consumer = _consumer(settings)
     in_flight = None
-    seen = written = 0
+    written = 0  # events in snapshots handed to the writer
     first = None
     last_snapshot = time.monotonic()
 
@@ -111,7 +111,7 @@ def plain_same_work(settings, clickhouse_url, total) -> dict:
         return snapshot
 
     try:
-        while seen < total:
+        while written < total:
             for records in consumer.poll(timeout_ms=500, max_records=5000).values():
                 if first is None:
                     first = time.monotonic()
@@ -123,7 +123,6 @@ def plain_same_work(settings, clickhouse_url, total) -> dict:
                 written += processor.pending_events()
                 in_flight = executor.submit(write, processor.prepare())
                 last_snapshot = time.monotonic()
-            seen = written
         processor.commit(in_flight.result())
         return {"events": stored(store), "seconds": time.monotonic() - first}
     finally:
