@@ -20,7 +20,7 @@ encode = msgspec.json.Encoder().encode
 
 def make_events(count: int, seed: int = 1, start_ms: int | None = None) -> list[dict]:
     start_ms = start_ms or (int(time.time()) - 6 * 3600) * 1000
-    simulator = Simulator(seed, rate=200.0, start_ms=start_ms)
+    simulator = Simulator(seed, rate=200.0, start_ms=start_ms, steady=True)
     return [simulator.next_event() for _ in range(count)]
 
 

@@ -3,7 +3,7 @@
     .venv/bin/python bench/latency_memory.py [--rate 5000] [--duration 600]
 
 Runs a Tansu broker, clickhouse-server, one `opscentre worker` and
-`opscentre simulate --rate R` for --duration seconds. Meanwhile it sends one
+`opscentre simulate --rate R --steady` for --duration seconds. Meanwhile it sends one
 probe event a second (a single record, as a third party would) and times how
 long until that event is in ClickHouse, i.e. visible to `opscentre kpi`; it
 samples the worker's resident memory (main and writer processes) every 10 s.
@@ -99,7 +99,7 @@ def main() -> None:
     sim_env = dict(pipeline.env, OPSCENTRE_METRICS_ADDR=f"127.0.0.1:{free_port()}")
     simulator = subprocess.Popen(
         [sys.executable, "-m", "opscentre.cli", "simulate", "--rate", str(args.rate), "--duration", str(args.duration),
-         "--seed", "5"], env=sim_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+         "--seed", "5", "--steady"], env=sim_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks=1, linger_ms=0)
     latencies, memory = [], []

@@ -54,16 +54,21 @@ def build_parser() -> argparse.ArgumentParser:
     commands.required = True
 
     run = commands.add_parser("run", help="the whole pipeline on this machine (embedded broker and ClickHouse)")
-    run.add_argument("--rate", type=_positive(float), default=2000.0, help="simulated events per second (default 2000)")
+    run.add_argument("--rate", type=_positive(float), default=2000.0,
+                     help="simulated events per second at the weekday office-hours peak (default 2000)")
     run.add_argument("--duration", type=_positive(float), help="stop after this many seconds (default: until Ctrl-C)")
     run.add_argument("--seed", type=int, help="simulator seed (default: random)")
+    run.add_argument("--steady", action="store_true", help="peak traffic around the clock (no office hours)")
 
     sim = commands.add_parser("simulate", help="realistic service-usage and security events into Kafka")
-    sim.add_argument("--rate", type=_positive(float), required=True, help="events per second")
+    sim.add_argument("--rate", type=_positive(float), required=True,
+                     help="events per second at the weekday office-hours peak (less at night and weekends)")
     sim.add_argument("--duration", type=_positive(float), required=True, help="seconds of traffic")
     sim.add_argument("--seed", type=int, help="same seed and --start, same events (default: random)")
     sim.add_argument("--start", type=_time, help="virtual start time, RFC 3339 (default: now)")
     sim.add_argument("--no-pacing", action="store_true", help="send as fast as possible")
+    sim.add_argument("--steady", action="store_true",
+                     help="peak traffic around the clock: no office hours or weekends (benchmarks)")
 
     ingest = commands.add_parser("ingest", help="a JSONL file of events into Kafka, routed by event_type")
     ingest.add_argument("path", help="JSONL file, or - for standard input")
@@ -118,9 +123,11 @@ def cmd_simulate(args, settings: Settings) -> int:
     serve_metrics(settings)
     producer = BatchingProducer(settings)
     start_ms = int(args.start.timestamp() * 1000) if args.start else None
-    print(f"simulate: seed {seed}, {args.rate:g} events/s for {args.duration:g}s", file=sys.stderr)
+    shape = "steady" if args.steady else "peak, office hours"
+    print(f"simulate: seed {seed}, {args.rate:g} events/s ({shape}) for {args.duration:g}s", file=sys.stderr)
     try:
-        sent = simulate(producer, args.rate, args.duration, seed, start_ms, paced=not args.no_pacing)
+        sent = simulate(producer, args.rate, args.duration, seed, start_ms, paced=not args.no_pacing,
+                        steady=args.steady)
     except KeyboardInterrupt:
         sent = producer.events_sent
     producer.close()
@@ -237,7 +244,7 @@ def cmd_replay(args, settings: Settings) -> int:
 def cmd_run(args, settings: Settings) -> int:
     from .local import run_local
 
-    return run_local(settings, rate=args.rate, duration_s=args.duration, seed=args.seed)
+    return run_local(settings, rate=args.rate, duration_s=args.duration, seed=args.seed, steady=args.steady)
 
 
 COMMANDS = {

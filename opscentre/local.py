@@ -91,7 +91,8 @@ def _pseudonym_key(settings: Settings, data_dir: str) -> str:
     return open(path).read().strip()
 
 
-def run_local(settings: Settings, rate: float, duration_s: float | None, seed: int | None) -> int:
+def run_local(settings: Settings, rate: float, duration_s: float | None, seed: int | None,
+              steady: bool = False) -> int:
     data_dir = os.path.abspath(settings.data_dir)
     os.makedirs(data_dir, exist_ok=True)
     broker = None
@@ -135,6 +136,8 @@ def run_local(settings: Settings, rate: float, duration_s: float | None, seed: i
         sim_args = ["simulate", "--rate", str(rate), "--duration", str(duration_s or 10 ** 9)]
         if seed is not None:
             sim_args += ["--seed", str(seed)]
+        if steady:
+            sim_args.append("--steady")
         simulator = spawn(sim_args, "simulator.log", producer_port)
         print(
             f"opscentre run: broker {kafka}, ClickHouse {clickhouse}, metrics http://{host}:{worker_port}/metrics; "

@@ -1,59 +1,99 @@
 """Realistic service-usage and security traffic for a set of provinces.
 
 Everything is drawn from one seeded generator on a virtual clock that starts
-at `start_ms` and advances 1/rate seconds per event, so the same seed and
-start give the same events; `opscentre simulate` paces the virtual clock to
-the wall clock.
+at `start_ms`, so the same seed and start give the same events; `opscentre
+simulate` paces the virtual clock to the wall clock.
 
-The shapes are plausible rather than official: traffic weighted by province
-population, agencies with their own on-time rates, roughly a third of
-dossiers fully online, completions of dossiers received days earlier
-(the backlog) beside same-day procedures received and completed while the
-simulation runs, payments and citizen feedback (the 1022 hotline first), and
-security alerts with occasional attack bursts on one asset.
+The shapes are plausible rather than official:
+- traffic weighted by province population; counters and officials work
+  office hours only (producers.office_hours), people file online and call
+  the 1022 hotline around the clock but less at night and at weekends, and
+  sensors raise security alerts at any hour (with attack bursts on one asset);
+  `rate` is the weekday office-hours peak, `steady` makes every hour a peak;
+- every procedure has a legal time limit in working time, so a dossier filed
+  on Friday evening is due on Monday;
+- each agency has a processing-time distribution (lognormal in working time
+  around a share of the limit) that gives it its on-time rate; now and then
+  the desk of one agency in one province falls behind (staff away, a system
+  down) and works at a third of its pace for a few hours, so a backlog builds
+  up, its dossiers finish late or go overdue, and it drains afterwards;
+- completions of dossiers received before the run, payments and feedback
+  resolutions for items never seen in the stream (the backlog every real
+  province has).
+
+Completions are kept in memory for dossiers finishing within a working day
+of their receipt; longer procedures are completed only as backlog, so in runs longer
+than their limits their dossiers show as overdue.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import heapq
+import math
 import random
+import statistics
 import time
+from bisect import bisect_right
 
 from opscentre.provinces import DEFAULT_PROVINCES
 
+from .office_hours import HOUR_MS, MINUTE_MS, WORKING_DAY_MS, OfficeHours
+
 VN = dt.timezone(dt.timedelta(hours=7))
-MINUTE_MS = 60_000
-HOUR_MS = 3_600_000
-DAY_MS = 86_400_000
+COUNTER, ONLINE, HOTLINE, ALWAYS = range(4)  # indexes into OfficeHours.activity()
 
-# agency code: (weight, share of completions late, procedures)
+
+@dataclasses.dataclass(frozen=True)
+class Agency:
+    weight: int  # share of a province's traffic
+    late_share: float  # dossiers completed after their legal limit, when the desk keeps up
+    procedures: tuple[tuple[str, int], ...]  # (procedure code, legal limit in working minutes)
+    spread: float = 0.45  # sigma of the lognormal processing time
+
+    @property
+    def pace(self) -> float:
+        """Median processing time as a share of the limit, so that `late_share` finish after it."""
+        return math.exp(-self.spread * statistics.NormalDist().inv_cdf(1 - self.late_share))
+
+
+DAYS = WORKING_DAY_MS // MINUTE_MS  # working minutes in a working day
 AGENCIES = {
-    "CAT": (22, 0.02, ("1.001612", "1.001613", "2.001159")),      # công an tỉnh: residence, ID
-    "UBND-XA": (20, 0.06, ("1.001193", "1.003583", "2.000815")),  # commune: civil status
-    "STP": (12, 0.04, ("1.004227", "2.000635", "1.001023")),      # justice: judicial records
-    "SXD": (6, 0.12, ("1.009972", "1.009974")),                   # construction permits
-    "SNNMT": (9, 0.15, ("1.004199", "1.001045", "2.000889")),     # agriculture & environment: land
-    "STC": (8, 0.05, ("2.001955", "1.010026")),                   # finance: business registration
-    "SYT": (5, 0.07, ("1.003645", "1.002256")),                   # health
-    "SGDDT": (5, 0.03, ("1.005092", "2.001914")),                 # education
-    "SCT": (4, 0.05, ("2.000190", "2.000620")),                   # industry & trade
-    "SNV": (3, 0.04, ("1.009325",)),                              # home affairs
-    "SVHTTDL": (3, 0.06, ("1.001029",)),                          # culture, sport, tourism
-    "SKHCN": (3, 0.05, ("1.011585",)),                            # science & technology
+    "CAT": Agency(22, 0.02, (("1.001612", 7 * DAYS), ("1.001613", 3 * DAYS), ("2.001159", 30))),  # police: residence, ID
+    "UBND-XA": Agency(20, 0.06, (("1.001193", 30), ("1.003583", 240), ("2.000815", 20))),  # commune: civil status
+    "STP": Agency(12, 0.04, (("1.004227", 10 * DAYS), ("2.000635", 3 * DAYS), ("1.001023", 30))),  # justice
+    "SXD": Agency(6, 0.12, (("1.009972", 15 * DAYS), ("1.009974", 20 * DAYS))),  # construction permits
+    "SNNMT": Agency(9, 0.15, (("1.004199", 30 * DAYS), ("1.001045", 10 * DAYS), ("2.000889", 240))),  # land
+    "STC": Agency(8, 0.05, (("2.001955", 3 * DAYS), ("1.010026", 3 * DAYS))),  # finance: business registration
+    "SYT": Agency(5, 0.07, (("1.003645", 10 * DAYS), ("1.002256", 240))),  # health
+    "SGDDT": Agency(5, 0.03, (("1.005092", 5 * DAYS), ("2.001914", 30))),  # education
+    "SCT": Agency(4, 0.05, (("2.000190", 7 * DAYS), ("2.000620", 15 * DAYS))),  # industry & trade
+    "SNV": Agency(3, 0.04, (("1.009325", 10 * DAYS),)),  # home affairs
+    "SVHTTDL": Agency(3, 0.06, (("1.001029", 5 * DAYS),)),  # culture, sport, tourism
+    "SKHCN": Agency(3, 0.05, (("1.011585", 10 * DAYS),)),  # science & technology
 }
 
-# event type: share of traffic
-MIX = {
-    "dossier.received": 0.30,
-    "dossier.completed": 0.26,
-    "dossier.cancelled": 0.01,
-    "payment.completed": 0.12,
-    "feedback.received": 0.03,
-    "feedback.resolved": 0.025,
-    "document.exchanged": 0.20,
-    "security.alert": 0.055,
-}
+# What happens, with its share of all traffic at the weekday office-hours peak and its channel.
+# Completions of dossiers received during the run come on top, when they are due.
+TRAFFIC = (
+    ("dossier_received_online", 0.196, ONLINE),
+    ("dossier_received_counter", 0.104, COUNTER),
+    ("dossier_completed", 0.16, COUNTER),
+    ("dossier_cancelled", 0.01, COUNTER),
+    ("payment_online", 0.066, ONLINE),
+    ("payment_counter", 0.054, COUNTER),
+    ("feedback_received", 0.03, HOTLINE),
+    ("feedback_resolved", 0.025, COUNTER),
+    ("document_exchanged", 0.20, COUNTER),
+    ("security_alert", 0.055, ALWAYS),
+)
+NEVER_PROCESSED = 0.03  # dossiers left waiting (missing papers, lost): they go overdue
+WITHDRAWN = 0.015  # dossiers cancelled when their turn comes
+TRACKED_FOR_MS = WORKING_DAY_MS  # completions further ahead (in working time) are not kept
+FALLING_BEHIND_EVERY_MS = 2 * HOUR_MS  # mean time between desks falling behind
+FALLEN_BEHIND_CAPACITY = 0.35  # share of its usual pace a desk keeps while it is behind
+DESK_SPARE_CAPACITY = 0.5  # how fast a desk works off its backlog afterwards, per unit of working time
 
 SECURITY_CATEGORIES = {
     "web": ("waf", 0.35), "intrusion_detection": ("ids", 0.2), "authentication": ("iam", 0.15),
@@ -71,29 +111,33 @@ def rfc3339(ms: int) -> str:
 
 
 class Simulator:
-    def __init__(self, seed: int, rate: float, start_ms: int, provinces=None):
+    def __init__(self, seed: int, rate: float, start_ms: int, provinces=None, steady: bool = False):
         self.rng = random.Random(seed)
         self.seed = seed
         self.rate = rate
         self.start_ms = start_ms
+        self.clock_ms = float(start_ms)
         self.sequence = 0
+        self.hours = OfficeHours(always_open=steady)
         codes = list(provinces) if provinces else list(DEFAULT_PROVINCES)
         self.provinces = codes
         self.province_weights = [DEFAULT_PROVINCES.get(code, ("", 1000))[1] for code in codes]
         self.agencies = list(AGENCIES)
-        self.agency_weights = [AGENCIES[a][0] for a in self.agencies]
-        self.types = list(MIX)
-        self.type_weights = [MIX[t] for t in self.types]
-        # Same-day dossiers received during the run, by completion time: (done_ms, sequence, received event)
-        self.open_same_day: list = []
+        self.agency_weights = [AGENCIES[a].weight for a in self.agencies]
+        self._traffic_by_slot: dict[int, tuple[list, float]] = {}
+        # Dossiers received during the run, by completion time:
+        # (done_ms, sequence at receipt, province, agency, procedure, due_ms)
+        self.pending: list = []
+        self.behind: dict[tuple[str, str], tuple[int, int]] = {}  # desk -> (start, end) of its slow spell
         self.burst = None  # (end_ms, province, asset, technique, category, sensor, attackers)
         self.next_burst_ms = start_ms + int(self.rng.expovariate(1 / (3 * MINUTE_MS)))
+        self.next_fall_behind_ms = start_ms + int(self.rng.expovariate(1 / FALLING_BEHIND_EVERY_MS))
 
     def now_ms(self) -> int:
-        return self.start_ms + int(self.sequence * 1000 / self.rate)
+        return int(self.clock_ms)
 
-    def _id(self, prefix: str) -> str:
-        return f"{prefix}-{self.seed}-{self.sequence:x}"
+    def _id(self, prefix: str, sequence: int | None = None) -> str:
+        return f"{prefix}-{self.seed}-{self.sequence if sequence is None else sequence:x}"
 
     def _envelope(self, event_type: str, now: int, province: str, agency: str, source: str) -> dict:
         return {
@@ -105,10 +149,33 @@ class Simulator:
             "source": source,
         }
 
+    def _traffic(self, now: int) -> tuple[list, float]:
+        """Cumulative weights of TRAFFIC and the share of peak traffic, for the quarter hour of `now`."""
+        slot = now // (15 * MINUTE_MS)
+        cached = self._traffic_by_slot.get(slot)
+        if cached is None:
+            activity = self.hours.activity(slot * 15 * MINUTE_MS)
+            cumulative, total = [], 0.0
+            for _, share, channel in TRAFFIC:
+                total += share * activity[channel]
+                cumulative.append(total)
+            cached = (cumulative, total / sum(share for _, share, _ in TRAFFIC))
+            if len(self._traffic_by_slot) > 1000:
+                self._traffic_by_slot.clear()
+            self._traffic_by_slot[slot] = cached
+        return cached
+
     def next_event(self) -> dict:
         now = self.now_ms()
+        cumulative, busy = self._traffic(now)
+        self.clock_ms += 1000 / (self.rate * busy)
         self.sequence += 1
         rng = self.rng
+        if now >= self.next_fall_behind_ms:
+            desk = (rng.choices(self.provinces, self.province_weights)[0],
+                    rng.choices(self.agencies, self.agency_weights)[0])
+            self.fall_behind(*desk, now, self.hours.add(now, rng.randint(1, 4) * HOUR_MS))
+            self.next_fall_behind_ms = now + int(rng.expovariate(1 / FALLING_BEHIND_EVERY_MS))
         if self.burst is None and now >= self.next_burst_ms:
             self._start_burst(now)
         if self.burst is not None:
@@ -117,67 +184,88 @@ class Simulator:
                 self.next_burst_ms = now + int(rng.expovariate(1 / (3 * MINUTE_MS)))
             elif rng.random() < 0.25:
                 return self._burst_alert(now)
-        # Same-day dossiers come due: complete them (mostly in time) or leave them overdue.
-        if self.open_same_day and self.open_same_day[0][0] <= now:
-            return self._complete_same_day(now)
-        event_type = rng.choices(self.types, self.type_weights)[0]
+        if self.pending and self.pending[0][0] <= now:
+            return self._finish_pending(now)
+        what = TRAFFIC[bisect_right(cumulative, rng.random() * cumulative[-1])][0]
         province = rng.choices(self.provinces, self.province_weights)[0]
         agency = rng.choices(self.agencies, self.agency_weights)[0]
-        return getattr(self, "_" + event_type.replace(".", "_"))(now, province, agency)
+        return getattr(self, "_" + what)(now, province, agency)
+
+    def fall_behind(self, province: str, agency: str, from_ms: int, until_ms: int) -> None:
+        """The desk of `agency` in `province` works at FALLEN_BEHIND_CAPACITY from `from_ms` to `until_ms`."""
+        self.behind[(province, agency)] = (from_ms, until_ms)
 
     # -- service events ---------------------------------------------------------------
 
-    def _dossier_received(self, now, province, agency) -> dict:
+    def _dossier_received_online(self, now, province, agency) -> dict:
+        level = "full_online" if self.rng.random() < 0.55 else "partial_online"
+        return self._dossier_received(now, province, agency, level, "online")
+
+    def _dossier_received_counter(self, now, province, agency) -> dict:
         rng = self.rng
-        procedure = rng.choice(AGENCIES[agency][2])
-        level = rng.choices(("full_online", "partial_online", "offline"), (0.36, 0.42, 0.22))[0]
-        if level == "full_online":
-            channel = "online"
-        elif level == "partial_online":
-            channel = rng.choices(("online", "in_person"), (0.7, 0.3))[0]
-        else:
-            channel = rng.choices(("in_person", "postal"), (0.85, 0.15))[0]
-        dossier = self._id("HS")
-        same_day = rng.random() < 0.15
-        if same_day:
-            due = now + rng.randint(2, 20) * MINUTE_MS
-        else:
-            due = now + rng.randint(1, 15) * DAY_MS
+        if rng.random() < 0.36:
+            return self._dossier_received(now, province, agency, "partial_online", "in_person")
+        return self._dossier_received(now, province, agency, "offline", "in_person" if rng.random() < 0.85 else "postal")
+
+    def _dossier_received(self, now, province, agency, level, channel) -> dict:
+        rng = self.rng
+        procedure, limit_minutes = rng.choice(AGENCIES[agency].procedures)
+        due = self.hours.add(now, limit_minutes * MINUTE_MS)
         event = self._envelope("dossier.received", now, province, agency, "dvc-" + province)
         event.update(
-            dossier_id=dossier, procedure_code=procedure, service_level=level, channel=channel,
+            dossier_id=self._id("HS"), procedure_code=procedure, service_level=level, channel=channel,
             due_at=rfc3339(due), applicant_id=f"CCCD{rng.randrange(10**11, 10**12)}",
         )
-        if same_day:
-            late_share = AGENCIES[agency][1]
-            roll = rng.random()
-            if roll < 0.05:
-                pass  # never completed: goes overdue
-            else:
-                late = roll < 0.05 + late_share
-                span = due - now
-                done = due + rng.randint(1, 10) * MINUTE_MS if late else now + int(span * rng.uniform(0.2, 0.95))
-                heapq.heappush(self.open_same_day, (done, self.sequence, dict(event)))
+        if rng.random() >= NEVER_PROCESSED:
+            done = self._desk_takes(now, province, agency, limit_minutes * MINUTE_MS)
+            if done <= self.hours.add(now, TRACKED_FOR_MS):
+                heapq.heappush(self.pending, (done, self.sequence, province, agency, procedure, due))
         return event
 
-    def _complete_same_day(self, now) -> dict:
-        _, _, received = heapq.heappop(self.open_same_day)
-        event = self._envelope("dossier.completed", now, received["province"], received["agency"], received["source"])
+    def _desk_takes(self, now: int, province: str, agency: str, limit_ms: int) -> int:
+        """When a dossier received at `now` is finished: after the desk's backlog, then its processing time."""
+        desk = (province, agency)
+        spell = self.behind.get(desk)
+        backlog_ms = 0
+        if spell is not None:
+            # A fluid queue: while slow the desk's backlog grows by (1/capacity - 1) of the time
+            # that passes; afterwards it shrinks at DESK_SPARE_CAPACITY.
+            began, until = spell
+            hours = self.hours
+            grown = hours.between(began, min(now, until)) * (1 / FALLEN_BEHIND_CAPACITY - 1)
+            backlog_ms = int(grown - DESK_SPARE_CAPACITY * hours.between(until, now))
+            if backlog_ms <= 0 and now >= until:
+                del self.behind[desk]
+            backlog_ms = max(0, backlog_ms)
+        return self.hours.add(self.hours.add(now, backlog_ms), self._processing_ms(agency, limit_ms))
+
+    def _processing_ms(self, agency: str, limit_ms: int) -> int:
+        profile = AGENCIES[agency]
+        return int(limit_ms * profile.pace * math.exp(profile.spread * self.rng.gauss(0.0, 1.0)))
+
+    def _finish_pending(self, now) -> dict:
+        _, received_at, province, agency, procedure, due = heapq.heappop(self.pending)
+        dossier = self._id("HS", received_at)
+        if self.rng.random() < WITHDRAWN:
+            event = self._envelope("dossier.cancelled", now, province, agency, "dvc-" + province)
+            event.update(dossier_id=dossier, procedure_code=procedure)
+            return event
+        event = self._envelope("dossier.completed", now, province, agency, "dvc-" + province)
         event.update(
-            dossier_id=received["dossier_id"], procedure_code=received["procedure_code"],
-            due_at=received["due_at"], result="approved" if self.rng.random() < 0.94 else "rejected",
-            digitized=self.rng.random() < 0.7,
+            dossier_id=dossier, procedure_code=procedure, due_at=rfc3339(due),
+            result="approved" if self.rng.random() < 0.94 else "rejected", digitized=self.rng.random() < 0.7,
         )
         return event
 
     def _dossier_completed(self, now, province, agency) -> dict:
-        # A backlog dossier received days ago, before this run.
+        # A dossier received before the run: its lateness follows the agency's processing times.
         rng = self.rng
-        late = rng.random() < AGENCIES[agency][1]
-        due = now - rng.randint(1, 72) * HOUR_MS if late else now + rng.randint(1, 240) * HOUR_MS
+        procedure, limit_minutes = rng.choice(AGENCIES[agency].procedures)
+        limit_ms = limit_minutes * MINUTE_MS
+        due = now + limit_ms - self._processing_ms(agency, limit_ms)
         event = self._envelope("dossier.completed", now, province, agency, "dvc-" + province)
         event.update(
-            dossier_id=self._id("HSBL"), procedure_code=rng.choice(AGENCIES[agency][2]),
+            dossier_id=self._id("HSBL"), procedure_code=procedure,
             due_at=rfc3339(due), result="approved" if rng.random() < 0.95 else "rejected",
             digitized=rng.random() < 0.65,
         )
@@ -185,26 +273,30 @@ class Simulator:
 
     def _dossier_cancelled(self, now, province, agency) -> dict:
         event = self._envelope("dossier.cancelled", now, province, agency, "dvc-" + province)
-        event.update(dossier_id=self._id("HSBL"), procedure_code=self.rng.choice(AGENCIES[agency][2]))
+        event.update(dossier_id=self._id("HSBL"), procedure_code=self.rng.choice(AGENCIES[agency].procedures)[0])
         return event
 
-    def _payment_completed(self, now, province, agency) -> dict:
-        rng = self.rng
+    def _payment_online(self, now, province, agency) -> dict:
+        return self._payment(now, province, agency, "online")
+
+    def _payment_counter(self, now, province, agency) -> dict:
+        return self._payment(now, province, agency, "counter")
+
+    def _payment(self, now, province, agency, method) -> dict:
         event = self._envelope("payment.completed", now, province, agency, "payment-gateway")
         event.update(
             dossier_id=self._id("HSBL"),
-            amount_vnd=rng.choice((10_000, 15_000, 20_000, 30_000, 50_000, 100_000, 200_000, 500_000, 1_000_000)),
-            method=rng.choices(("online", "counter"), (0.55, 0.45))[0],
+            amount_vnd=self.rng.choice((10_000, 15_000, 20_000, 30_000, 50_000, 100_000, 200_000, 500_000, 1_000_000)),
+            method=method,
         )
         return event
 
     def _feedback_received(self, now, province, agency) -> dict:
         rng = self.rng
-        feedback = self._id("PAKN")
         event = self._envelope("feedback.received", now, province, agency, "1022-" + province)
-        due = now + rng.randint(5, 15) * DAY_MS
+        due = self.hours.add(now, rng.randint(5, 15) * WORKING_DAY_MS)
         event.update(
-            feedback_id=feedback,
+            feedback_id=self._id("PAKN"),
             channel=rng.choices(("hotline_1022", "portal", "app", "field_report"), (0.45, 0.25, 0.22, 0.08))[0],
             due_at=rfc3339(due),
         )
@@ -277,22 +369,23 @@ class Simulator:
 
 
 def simulate(producer, rate: float, duration_s: float | None, seed: int, start_ms: int | None = None,
-             paced: bool = True, progress=None) -> int:
-    """Send events at `rate` per second for `duration_s` (None: until interrupted); returns the count."""
+             paced: bool = True, progress=None, steady: bool = False) -> int:
+    """Send `duration_s` seconds of traffic (None: until interrupted) peaking at `rate` events/s; returns the count."""
     start_ms = int(time.time() * 1000) if start_ms is None else start_ms
-    simulator = Simulator(seed, rate, start_ms)
-    total = None if duration_s is None else int(rate * duration_s)
+    end_ms = None if duration_s is None else start_ms + duration_s * 1000
+    simulator = Simulator(seed, rate, start_ms, steady=steady)
     wall_start = time.monotonic()
     sent = 0
     chunk = max(1, int(rate / 20))
-    while total is None or sent < total:
-        count = chunk if total is None else min(chunk, total - sent)
-        for _ in range(count):
+    while end_ms is None or simulator.clock_ms < end_ms:
+        for _ in range(chunk):
+            if end_ms is not None and simulator.clock_ms >= end_ms:
+                break
             producer.send(simulator.next_event())
-        sent += count
+            sent += 1
         producer.poll()
         if paced:
-            ahead = sent / rate - (time.monotonic() - wall_start)
+            ahead = (simulator.clock_ms - start_ms) / 1000 - (time.monotonic() - wall_start)
             if ahead > 0:
                 time.sleep(ahead)
         if progress is not None:

@@ -68,7 +68,7 @@ class MemorySink:
 
 
 def records(count=200, per_record=5):
-    simulator = Simulator(3, 5.0, 1_795_000_000_000)
+    simulator = Simulator(3, 5.0, 1_795_000_000_000, steady=True)
     events = []
     while len(events) < count * per_record:
         event = simulator.next_event()
@@ -77,9 +77,9 @@ def records(count=200, per_record=5):
     return [json.dumps(events[i:i + per_record]).encode() for i in range(0, len(events), per_record)]
 
 
-def processor(sink):
+def processor(sink, catalogue=None):
     return Processor(SETTINGS, {TOPIC: "topic-a"}, sink, b"k", ["%02d" % i for i in range(100)],
-                     clock=lambda: 1_795_000_000.0 + 10 ** 6)
+                     clock=lambda: 1_795_000_000.0 + 10 ** 6, catalogue=catalogue)
 
 
 def run(proc, values, offsets, flush_every=7):

@@ -36,7 +36,7 @@ class Workload:
     def __init__(self, seed: int, start_ms: int, events: int, rate: float = 10.0):
         self.rng = random.Random(seed)
         self.start_ms = start_ms
-        simulator = Simulator(seed, rate, start_ms)
+        simulator = Simulator(seed, rate, start_ms, steady=True)  # the same shape at any hour
         self.valid = [simulator.next_event() for _ in range(events)]
         self.bad: list[tuple[bytes, str]] = []  # (original bytes, expected reason fragment)
 
