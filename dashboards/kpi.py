@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import datetime as dt
 
+from opscentre.catalogue import Catalogue, default_catalogue
 from opscentre.clickhouse import Store, quote
 from opscentre.events import HIGH_SEVERITY
 from opscentre.measures import SERVICE_COUNTERS
-
 
 _RAW_SERVICE = {
     "events": "count()",
@@ -53,6 +53,8 @@ CONTRACT_KEYS = (
     "documents_sent", "documents_received",
     "security_alerts", "security_alerts_high_or_critical", "security_alerts_blocked",
 )
+# Keys beyond the contract's, after them.
+EXTENSION_KEYS = ("unknown_agencies",)
 
 
 def parse_time(text: str) -> dt.datetime:
@@ -160,12 +162,19 @@ def _lifecycle_count(store: Store, where: str, province: str | None, by_agency: 
     return {(tuple(row[:2]) if by_agency else row[0]): int(row[-1]) for row in store.query(sql)}
 
 
-def kpis(store: Store, province: str, start: dt.datetime, end: dt.datetime) -> list[dict]:
-    """One dict per province (CONTRACT §2 keys); `province='all'` for every province seen."""
+def kpis(store: Store, province: str, start: dt.datetime, end: dt.datetime,
+         catalogue: Catalogue | None = None) -> list[dict]:
+    """One dict per province (CONTRACT §2 keys, and `unknown_agencies`: {agency code: service
+    events} for codes not in the catalogue); `province='all'` for every province seen."""
     period = Period(start, end)
     selected = None if province == "all" else province
     totals = counters(store, period, selected)
     overdue = overdue_open(store, period.end_ms, selected)
+    catalogue = catalogue or default_catalogue()
+    unknown: dict = {}
+    for (code, agency), c in sorted(counters(store, period, selected, by_agency=True).items()):
+        if c.get("events") and not catalogue.knows_agency(code, agency):
+            unknown.setdefault(code, {})[agency] = c["events"]
     provinces = sorted(set(totals) | set(overdue)) if selected is None else [selected]
     results = []
     for code in provinces:
@@ -197,6 +206,7 @@ def kpis(store: Store, province: str, start: dt.datetime, end: dt.datetime) -> l
             "security_alerts": g("security_alerts"),
             "security_alerts_high_or_critical": g("security_alerts_high_or_critical"),
             "security_alerts_blocked": g("security_alerts_blocked"),
+            "unknown_agencies": unknown.get(code, {}),
         })
     return results
 
@@ -232,4 +242,8 @@ def format_table(results: list[dict]) -> str:
     lines.append("  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(header, widths))))
     for row in rows:
         lines.append("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))))
+    for r in results:
+        if r["unknown_agencies"]:
+            codes = ", ".join(f"{agency} ({events:,} events)" for agency, events in r["unknown_agencies"].items())
+            lines.append(f"{r['province']}: agency codes not in the catalogue: {codes}")
     return "\n".join(lines)

@@ -20,6 +20,7 @@ import datetime as dt
 import io
 from typing import NamedTuple
 
+from opscentre.catalogue import Catalogue, default_catalogue
 from opscentre.clickhouse import Store
 
 from .kpi import Period, carried_over, counters, overdue_open
@@ -77,8 +78,11 @@ def _row(scope: str, province: str, agency: str | None, c: dict, carried: int, o
     }
 
 
-def scorecard(store: Store, settings, province: str, start: dt.datetime, end: dt.datetime) -> list[dict]:
-    """The province's row, then one row per agency (most dossiers first)."""
+def scorecard(store: Store, settings, province: str, start: dt.datetime, end: dt.datetime,
+              catalogue: Catalogue | None = None) -> list[dict]:
+    """The province's row, then one row per agency (most dossiers first), named from the catalogue
+    (`agency_name` None: not in it)."""
+    catalogue = catalogue or default_catalogue()
     period = Period(start, end)
     by_agency = counters(store, period, province, by_agency=True)
     totals: dict = {}  # the province is the sum of its agencies
@@ -96,6 +100,7 @@ def scorecard(store: Store, settings, province: str, start: dt.datetime, end: dt
     ]
     agency_rows.sort(key=lambda r: (-(r["counts"]["received"] + r["counts"]["carried_over"]), r["agency"]))
     for row in rows + agency_rows:
+        row["agency_name"] = catalogue.agency_name(province, row["agency"]) if row["agency"] else None
         row["from"], row["to"] = start.isoformat(), end.isoformat()
     return rows + agency_rows
 
@@ -113,7 +118,8 @@ def format_table(rows: list[dict]) -> str:
     table.append(["target", "", "", ""] + [_percent(first["indicators"][i.key]["target"]) for i in INDICATORS])
     for row in rows:
         c = row["counts"]
-        cells = [row["agency"] or "ALL", f"{c['received']:,}", f"{c['carried_over']:,}",
+        unknown = row["agency"] and row["agency_name"] is None
+        cells = [(row["agency"] or "ALL") + ("?" if unknown else ""), f"{c['received']:,}", f"{c['carried_over']:,}",
                  f"{c['completed_late'] + c['overdue_open']:,}"]
         for indicator in INDICATORS:
             value = row["indicators"][indicator.key]
@@ -124,16 +130,18 @@ def format_table(rows: list[dict]) -> str:
     for r in table:
         lines.append("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths))))
     lines += ["", "* on time = 1 − (completed late + overdue open) / (received + carried over); ✓ met, ✗ not met"]
+    if any(row["agency"] and row["agency_name"] is None for row in rows):
+        lines.append("? agency code not in the catalogue (OPSCENTRE_CATALOGUE_FILE)")
     return "\n".join(lines)
 
 
 def to_csv(rows: list[dict]) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["scope", "province", "agency", "from", "to", *COUNTS,
+    writer.writerow(["scope", "province", "agency", "agency_name", "from", "to", *COUNTS,
                      *(f"{i.key}{suffix}" for i in INDICATORS for suffix in ("", "_target", "_met"))])
     for row in rows:
-        cells = [row["scope"], row["province"], row["agency"] or "", row["from"], row["to"]]
+        cells = [row["scope"], row["province"], row["agency"] or "", row["agency_name"] or "", row["from"], row["to"]]
         cells += [row["counts"][key] for key in COUNTS]
         for indicator in INDICATORS:
             value = row["indicators"][indicator.key]

@@ -177,13 +177,15 @@ def cmd_db(args, settings: Settings) -> int:
 def cmd_kpi(args, settings: Settings) -> int:
     from dashboards.kpi import format_table, kpis
 
+    from .catalogue import load_catalogue
     from .provinces import load_provinces
 
     if args.province != "all" and args.province not in load_provinces(settings.provinces_file):
         raise CommandError(f"unknown province code {args.province!r} (see the province list, or use 'all')")
     if args.end <= args.start:
         raise CommandError("--to must be after --from")
-    results = kpis(_store(settings), args.province, args.start, args.end)
+    catalogue = load_catalogue(settings.catalogue_file)
+    results = kpis(_store(settings), args.province, args.start, args.end, catalogue)
     if args.json:
         for result in results:
             print(json.dumps(result, ensure_ascii=False))
@@ -195,13 +197,15 @@ def cmd_kpi(args, settings: Settings) -> int:
 def cmd_scorecard(args, settings: Settings) -> int:
     from dashboards.scorecard import format_table, scorecard, to_csv
 
+    from .catalogue import load_catalogue
     from .provinces import load_provinces
 
     if args.province not in load_provinces(settings.provinces_file):
         raise CommandError(f"unknown province code {args.province!r} (see the province list)")
     if args.end <= args.start:
         raise CommandError("--to must be after --from")
-    rows = scorecard(_store(settings), settings, args.province, args.start, args.end)
+    catalogue = load_catalogue(settings.catalogue_file)
+    rows = scorecard(_store(settings), settings, args.province, args.start, args.end, catalogue)
     if args.json:
         for row in rows:
             print(json.dumps(row, ensure_ascii=False))

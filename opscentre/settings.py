@@ -67,6 +67,7 @@ class Settings:
     group_rebalance_timeout_s: float = 10.0
     group_heartbeat_s: float = 2.0
     provinces_file: str | None = None
+    catalogue_file: str | None = None
     alert_lookahead_s: float = 3600.0
     idle_watermark_s: float = 10.0
     # Scorecard targets (shares, 0-1): on time per Nghị định 61/2018 practice and CONTRACT §2;
@@ -99,6 +100,7 @@ class Settings:
             group_rebalance_timeout_s=_float("OPSCENTRE_GROUP_REBALANCE_TIMEOUT_S", 10.0, minimum=1.0),
             group_heartbeat_s=_float("OPSCENTRE_GROUP_HEARTBEAT_S", 2.0, minimum=0.1),
             provinces_file=_env("OPSCENTRE_PROVINCES_FILE", None),
+            catalogue_file=_env("OPSCENTRE_CATALOGUE_FILE", None),
             alert_lookahead_s=_float("OPSCENTRE_ALERT_LOOKAHEAD_S", 3600.0, minimum=60.0),
             idle_watermark_s=_float("OPSCENTRE_IDLE_WATERMARK_S", 10.0, minimum=1.0),
             target_processing_on_time=_share("OPSCENTRE_TARGET_PROCESSING_ON_TIME", 0.95),

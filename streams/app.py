@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 import faust
 from prometheus_client import Gauge
 
+from opscentre.catalogue import load_catalogue
 from opscentre.clickhouse import ChdbQueryServer, ChdbStore, StoreError, connect
 from opscentre.kafka import (
     MAX_RECORD_BYTES,
@@ -213,6 +214,7 @@ def run_worker(settings: Settings, loglevel: str = "warning") -> None:
     processor = Processor(
         settings, ids, ClickHouseSink(store), settings.require_pseudonym_key(),
         load_provinces(settings.provinces_file), clock=time.time,
+        catalogue=load_catalogue(settings.catalogue_file),
     )
     writer = None
     if not settings.clickhouse.startswith("chdb:"):

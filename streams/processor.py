@@ -22,6 +22,7 @@ from typing import NamedTuple
 import msgspec
 from prometheus_client import Counter, Gauge, Histogram
 
+from opscentre.catalogue import Catalogue, default_catalogue
 from opscentre.clickhouse import StoreError
 from opscentre.events import (
     DossierCancelled,
@@ -62,6 +63,8 @@ LAST_WINDOW = Gauge("opscentre_stream_last_window_written_seconds", "Start of th
 PARTITIONS = Gauge("opscentre_stream_partitions_owned", "Source partitions with state in this worker")
 OVERDUE_ALERTS = Counter("opscentre_stream_overdue_alerts_total", "Overdue alerts raised", ["type", "replayed"])
 TRACKED_ITEMS = Gauge("opscentre_stream_open_items_tracked", "Open items due within the look-ahead, in memory")
+UNKNOWN_AGENCY = Counter("opscentre_stream_unknown_agency_events_total",
+                         "Valid service events whose agency code is not in the catalogue", ["province"])
 WATERMARK = Gauge("opscentre_stream_watermark_seconds", "Event-time watermark of a source partition (epoch s)",
                   ["partition"])
 PUBLISHED, ALERT_ID = ALERT_COLUMNS.index("published"), ALERT_COLUMNS.index("alert_id")
@@ -179,12 +182,19 @@ def _reason_label(reason: str) -> str:
 
 class Processor:
     def __init__(self, settings, topic_ids: dict, sink: ClickHouseSink, pseudonym_key: bytes, provinces,
-                 clock=time.time, replaying: bool = False):
+                 clock=time.time, replaying: bool = False, catalogue: Catalogue | None = None):
         self.settings = settings
         self.sink = sink
         self.topic_ids = topic_ids
         self.kinds = {settings.service_topic: "service", settings.security_topic: "security"}
         self.validator = Validator(provinces, int(settings.max_future_s * 1000))
+        # agency code -> True (known in every province) or the provinces whose catalogue has it
+        self.known_agencies: dict = {}
+        for province, agency in (catalogue or default_catalogue()).agencies:
+            if not province:
+                self.known_agencies[agency] = True
+            elif self.known_agencies.get(agency) is not True:
+                self.known_agencies[agency] = self.known_agencies.get(agency, frozenset()) | {province}
         self.pseudonymise = Pseudonymiser(pseudonym_key)
         self.horizon_ms = int(settings.dedup_horizon_s * 1000)
         self.memory_window_s = int(settings.memory_window_hours * 3600)
@@ -244,6 +254,8 @@ class Processor:
         topic_id, partition = state.topic_id, state.partition
         accepted = {}
         duplicates = 0
+        unknown_agency: dict = {}
+        known_agency = self.known_agencies.get
         events = decoded.events
         fresh = recent.admit([None if type(e) is SecurityAlert else e.event_id for e in events], record_ms)
         for event, index, occurred_ms, is_new in zip(events, decoded.indexes, decoded.occurred_ms, fresh):
@@ -262,6 +274,9 @@ class Processor:
                 continue
             c = row.counters
             c[0] += 1
+            known = known_agency(event.agency)
+            if known is not True and (known is None or event.province not in known):
+                unknown_agency[event.province] = unknown_agency.get(event.province, 0) + 1
             due_ms = on_time = amount = 0
             item_id = procedure = service_level = channel = result = method = direction = applicant = ""
             digitized = satisfied = None
@@ -329,6 +344,8 @@ class Processor:
             ))
         tracker.settle(record_ms)
         self._count(accepted, duplicates, already_stored)
+        for province, count in unknown_agency.items():
+            UNKNOWN_AGENCY.labels(province).inc(count)
 
     def _security(self, state, offset, record_ms, decoded, rejections, already_stored) -> None:
         rows, dirty, recent = state.rows, state.dirty, state.recent

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
+from opscentre.catalogue import load_catalogue
 from opscentre.clickhouse import Store
 from opscentre.kafka import keys_since, partition_count, topic_ids
 from opscentre.provinces import load_provinces
@@ -95,6 +96,7 @@ def replay(settings: Settings, store: Store, start=None, end=None, start_ms: int
         processor = Processor(
             settings, ids, ClickHouseSink(store), settings.require_pseudonym_key(),
             load_provinces(settings.provinces_file), replaying=True,
+            catalogue=load_catalogue(settings.catalogue_file),
         )
         producer = KafkaProducer(bootstrap_servers=bootstrap.split(","), acks="all", client_id="opscentre-replay")
 

@@ -11,9 +11,10 @@ import time
 
 import pytest
 
-from dashboards.kpi import CONTRACT_KEYS
+from dashboards.kpi import CONTRACT_KEYS, EXTENSION_KEYS
+from opscentre.catalogue import DEFAULT_AGENCIES
 from opscentre.kafka import ensure_topics
-from tests.workload import Workload, provinces_seen, read_dead_letters, truth
+from tests.workload import Workload, _ms, provinces_seen, read_dead_letters, truth
 
 pytestmark = pytest.mark.integration
 
@@ -42,6 +43,15 @@ def stored_events(pipeline) -> int:
     return int(service) + int(security)
 
 
+def unknown_agencies(events, province: str, from_ms: int, to_ms: int) -> dict:
+    counts: dict = {}
+    for e in events:
+        if (e["province"] == province and e["event_type"] != "security.alert"
+                and e["agency"] not in DEFAULT_AGENCIES and from_ms <= _ms(e["occurred_at"]) < to_ms):
+            counts[e["agency"]] = counts.get(e["agency"], 0) + 1
+    return dict(sorted(counts.items()))
+
+
 def assert_kpis_match(pipeline, events, periods) -> None:
     for from_ms, to_ms in periods:
         results = {r["province"]: r for r in run_kpi(pipeline, "all", from_ms, to_ms)}
@@ -50,8 +60,9 @@ def assert_kpis_match(pipeline, events, periods) -> None:
         }
         assert set(results) == expected_provinces
         for province, result in results.items():
-            assert tuple(result) == CONTRACT_KEYS
+            assert tuple(result) == CONTRACT_KEYS + EXTENSION_KEYS
             expected = truth(events, province, from_ms, to_ms)
+            expected["unknown_agencies"] = unknown_agencies(events, province, from_ms, to_ms)
             got = {key: result[key] for key in expected}
             assert got == expected, f"province {province}, period {_iso(from_ms)}..{_iso(to_ms)}"
 
@@ -61,6 +72,9 @@ def test_mixed_stream_gives_exact_kpis_and_dead_letters(pipeline):
     ensure_topics(settings)
     start_ms = (int(time.time()) - 3 * 3600) // 60 * 60 * 1000 + 17_250
     workload = Workload(seed=11, start_ms=start_ms, events=3000, rate=10.0)  # ~5 minutes of event time
+    for event in workload.valid[::97]:
+        if event["event_type"] != "security.alert":
+            event["agency"] = "SO-MOI"  # not in the catalogue: counted, and reported by `opscentre kpi`
     pipeline.start_worker()
     workload.send(settings)
     expected_events = workload.unique_valid()
@@ -76,6 +90,7 @@ def test_mixed_stream_gives_exact_kpis_and_dead_letters(pipeline):
     assert stored_events(pipeline) == len(expected_events)
 
     end_ms = start_ms + 300_000
+    assert any(unknown_agencies(expected_events, p, start_ms, end_ms) for p in ("01", "79"))
     assert_kpis_match(pipeline, expected_events, [
         (start_ms - 3_600_000, end_ms + 3_600_000),   # whole minutes: per-minute tables only
         (start_ms + 61_500, start_ms + 200_250),      # partial minutes at both ends: raw edges
