@@ -142,9 +142,14 @@ def build_app(settings: Settings, processor: Processor, writer=None) -> faust.Ap
     last_snapshot = [time.monotonic()]
 
     def snapshot_due() -> bool:
+        if processor.pending_events() >= FLUSH_MAX_EVENTS:
+            return True
+        if in_flight and not in_flight[0][0].done():
+            # Keep processing while the previous snapshot is written: waiting for it here left the
+            # agent idle whenever ClickHouse took longer than the interval. The next one grows instead.
+            return False
         return (
             len(pending) >= settings.flush_max_records
-            or processor.pending_events() >= FLUSH_MAX_EVENTS
             or time.monotonic() - last_snapshot[0] >= settings.flush_interval_s
         )
 
