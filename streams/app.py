@@ -141,10 +141,13 @@ def build_app(settings: Settings, processor: Processor, writer=None) -> faust.Ap
     pending: list = []  # events processed since the last snapshot
     last_snapshot = [time.monotonic()]
 
+    def writing() -> bool:
+        return bool(in_flight) and not in_flight[0][0].done()
+
     def snapshot_due() -> bool:
         if processor.pending_events() >= FLUSH_MAX_EVENTS:
             return True
-        if in_flight and not in_flight[0][0].done():
+        if writing():
             # Keep processing while the previous snapshot is written: waiting for it here left the
             # agent idle whenever ClickHouse took longer than the interval. The next one grows instead.
             return False
@@ -187,9 +190,11 @@ def build_app(settings: Settings, processor: Processor, writer=None) -> faust.Ap
             return
         async with lock:
             processor.tick()
+            if writing():
+                return  # holding the lock until it is written would stall the agent
             if (pending or processor.has_alerts()) and time.monotonic() - last_snapshot[0] >= settings.flush_interval_s:
                 await snapshot_pending()
-            elif in_flight and in_flight[0][0].done():
+            elif in_flight:
                 await finish_in_flight()
 
     @app.on_partitions_revoked.connect
