@@ -7,7 +7,7 @@ them through the environment (see README, "Settings").
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 
 
 class SettingsError(ValueError):
@@ -48,6 +48,11 @@ def _share(name: str, default: float) -> float:
     return value
 
 
+def _setting(default, minimum: float = 0, share: bool = False):
+    """A setting read from OPSCENTRE_<NAME> (its field name in capitals), parsed like its default."""
+    return field(default=default, metadata={"minimum": minimum, "share": share})
+
+
 @dataclass(frozen=True)
 class Settings:
     kafka: str | None = None
@@ -55,62 +60,46 @@ class Settings:
     topic_prefix: str = "opscentre"
     pseudonym_key: str | None = None
     metrics_addr: str = "127.0.0.1:9108"
-    partitions: int = 4
+    partitions: int = _setting(4, minimum=1)
     consumer_group: str = "opscentre-worker"
     dedup_horizon_s: float = 600.0
     max_future_s: float = 600.0
-    flush_interval_s: float = 1.0
-    flush_max_records: int = 2000
+    flush_interval_s: float = _setting(1.0, minimum=0.05)
+    flush_max_records: int = _setting(2000, minimum=1)
     memory_window_hours: float = 3.0
-    clickhouse_timeout_s: float = 30.0
-    group_session_timeout_s: float = 10.0
-    group_rebalance_timeout_s: float = 10.0
-    group_heartbeat_s: float = 2.0
+    clickhouse_timeout_s: float = _setting(30.0, minimum=1.0)
+    group_session_timeout_s: float = _setting(10.0, minimum=1.0)
+    group_rebalance_timeout_s: float = _setting(10.0, minimum=1.0)
+    group_heartbeat_s: float = _setting(2.0, minimum=0.1)
     provinces_file: str | None = None
     catalogue_file: str | None = None
-    alert_lookahead_s: float = 3600.0
-    idle_watermark_s: float = 10.0
+    alert_lookahead_s: float = _setting(3600.0, minimum=60.0)
+    idle_watermark_s: float = _setting(10.0, minimum=1.0)
     # Scorecard targets (shares, 0-1): on time per Nghị định 61/2018 practice and CONTRACT §2;
     # fully online 70% for provinces in 2025 (Quyết định 942); the others are the operator's.
-    target_processing_on_time: float = 0.95
-    target_on_time: float = 0.95
-    target_full_online: float = 0.70
-    target_online_payment: float = 0.50
-    target_feedback_on_time: float = 0.90
-    target_satisfied: float = 0.80
+    target_processing_on_time: float = _setting(0.95, share=True)
+    target_on_time: float = _setting(0.95, share=True)
+    target_full_online: float = _setting(0.70, share=True)
+    target_online_payment: float = _setting(0.50, share=True)
+    target_feedback_on_time: float = _setting(0.90, share=True)
+    target_satisfied: float = _setting(0.80, share=True)
     data_dir: str = "./var"
 
     @classmethod
     def from_env(cls) -> "Settings":
-        return cls(
-            kafka=_env("OPSCENTRE_KAFKA", None),
-            clickhouse=_env("OPSCENTRE_CLICKHOUSE", None),
-            topic_prefix=_env("OPSCENTRE_TOPIC_PREFIX", "opscentre"),  # type: ignore[arg-type]
-            pseudonym_key=_env("OPSCENTRE_PSEUDONYM_KEY", None),
-            metrics_addr=_env("OPSCENTRE_METRICS_ADDR", "127.0.0.1:9108"),  # type: ignore[arg-type]
-            partitions=_int("OPSCENTRE_PARTITIONS", 4, minimum=1),
-            consumer_group=_env("OPSCENTRE_CONSUMER_GROUP", "opscentre-worker"),  # type: ignore[arg-type]
-            dedup_horizon_s=_float("OPSCENTRE_DEDUP_HORIZON_S", 600.0),
-            max_future_s=_float("OPSCENTRE_MAX_FUTURE_S", 600.0),
-            flush_interval_s=_float("OPSCENTRE_FLUSH_INTERVAL_S", 1.0, minimum=0.05),
-            flush_max_records=_int("OPSCENTRE_FLUSH_MAX_RECORDS", 2000, minimum=1),
-            memory_window_hours=_float("OPSCENTRE_MEMORY_WINDOW_HOURS", 3.0),
-            clickhouse_timeout_s=_float("OPSCENTRE_CLICKHOUSE_TIMEOUT_S", 30.0, minimum=1.0),
-            group_session_timeout_s=_float("OPSCENTRE_GROUP_SESSION_TIMEOUT_S", 10.0, minimum=1.0),
-            group_rebalance_timeout_s=_float("OPSCENTRE_GROUP_REBALANCE_TIMEOUT_S", 10.0, minimum=1.0),
-            group_heartbeat_s=_float("OPSCENTRE_GROUP_HEARTBEAT_S", 2.0, minimum=0.1),
-            provinces_file=_env("OPSCENTRE_PROVINCES_FILE", None),
-            catalogue_file=_env("OPSCENTRE_CATALOGUE_FILE", None),
-            alert_lookahead_s=_float("OPSCENTRE_ALERT_LOOKAHEAD_S", 3600.0, minimum=60.0),
-            idle_watermark_s=_float("OPSCENTRE_IDLE_WATERMARK_S", 10.0, minimum=1.0),
-            target_processing_on_time=_share("OPSCENTRE_TARGET_PROCESSING_ON_TIME", 0.95),
-            target_on_time=_share("OPSCENTRE_TARGET_ON_TIME", 0.95),
-            target_full_online=_share("OPSCENTRE_TARGET_FULL_ONLINE", 0.70),
-            target_online_payment=_share("OPSCENTRE_TARGET_ONLINE_PAYMENT", 0.50),
-            target_feedback_on_time=_share("OPSCENTRE_TARGET_FEEDBACK_ON_TIME", 0.90),
-            target_satisfied=_share("OPSCENTRE_TARGET_SATISFIED", 0.80),
-            data_dir=_env("OPSCENTRE_DATA_DIR", "./var"),  # type: ignore[arg-type]
-        )
+        values = {}
+        for setting in fields(cls):
+            name = "OPSCENTRE_" + setting.name.upper()
+            default, minimum = setting.default, setting.metadata.get("minimum", 0)
+            if setting.metadata.get("share"):
+                values[setting.name] = _share(name, default)
+            elif type(default) is int:
+                values[setting.name] = _int(name, default, minimum=int(minimum))
+            elif type(default) is float:
+                values[setting.name] = _float(name, default, minimum=minimum)
+            else:
+                values[setting.name] = _env(name, default)
+        return cls(**values)
 
     def with_overrides(self, **changes) -> "Settings":
         known = {f.name for f in fields(self)}
