@@ -1,6 +1,6 @@
 """Latency and memory of the worker under a steady load.
 
-    .venv/bin/python bench/latency_memory.py [--rate 5000] [--duration 600]
+    .venv/bin/python bench/latency_memory.py [--rate 5000] [--duration 600] [--warmup 60]
 
 Runs a Tansu broker, clickhouse-server, one `opscentre worker` and
 `opscentre simulate --rate R --steady` for --duration seconds. Meanwhile it sends one
@@ -87,6 +87,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=5000)
     parser.add_argument("--duration", type=float, default=120)
+    parser.add_argument("--warmup", type=float, default=60,
+                        help="seconds before the memory spread is measured (state filling up)")
     args = parser.parse_args()
 
     broker = EmbeddedBroker().start()
@@ -150,10 +152,11 @@ def main() -> None:
         p50 = next(bound for bound, count in histogram if count >= 0.5 * total)
         print(f"worker histogram, record produced → rows written ({total:,.0f} records): p50 ≤ {p50:g}s, p99 ≤ {p99:g}s")
     print("memory (s, MB RSS worker incl. writer):", memory)
-    if len(memory) > 6:
-        steady = [mb for t, mb in memory if t >= 60]
-        print(f"after the first minute: min {min(steady)} MB, max {max(steady)} MB, "
+    steady = [mb for t, mb in memory if t >= args.warmup]
+    if len(steady) > 1:
+        print(f"after {args.warmup:g}s: min {min(steady)} MB, max {max(steady)} MB, "
               f"spread {100 * (max(steady) - min(steady)) / min(steady):.1f}% of min")
+    print(f"open items tracked at the end: {metrics.get('opscentre_stream_open_items_tracked', 0):,.0f}")
     print(f"de-duplication memory: {dedup_bytes_per_id():.0f} bytes per remembered id")
 
 
