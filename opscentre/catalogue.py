@@ -22,7 +22,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 
-SERVICE_LEVELS = ("full_online", "partial_online", "offline")
+from .events import SERVICE_LEVELS
 
 DEFAULT_AGENCIES = {
     "UBND-TINH": "Ủy ban nhân dân tỉnh",
@@ -91,8 +91,7 @@ def load_catalogue(path: str | None) -> Catalogue:
         raise CatalogueError(f"catalogue {path}: {exc.strerror}") from None
     with handle:
         reader = csv.DictReader(handle)
-        missing = {"agency_code"} - set(reader.fieldnames or ())
-        if missing:
+        if "agency_code" not in (reader.fieldnames or ()):
             raise CatalogueError(f"catalogue {path}: no 'agency_code' column (header: {reader.fieldnames})")
         for row in reader:
             line = reader.line_num

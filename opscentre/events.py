@@ -22,6 +22,8 @@ Code = Annotated[str, Meta(min_length=1, max_length=64)]
 ItemId = Annotated[str, Meta(min_length=1, max_length=128)]
 
 
+SERVICE_LEVELS = ("full_online", "partial_online", "offline")  # toàn trình, một phần, trực tiếp
+
 _OFFSET_MS: dict = {}  # tzinfo -> its UTC offset in ms (msgspec reuses one tzinfo per offset)
 
 
@@ -60,7 +62,7 @@ class Event(Struct, tag_field="event_type", kw_only=True, frozen=True):
 class DossierReceived(Event, tag="dossier.received", kw_only=True, frozen=True):
     dossier_id: ItemId
     procedure_code: Code
-    service_level: Literal["full_online", "partial_online", "offline"]
+    service_level: Literal[SERVICE_LEVELS]
     channel: Literal["online", "in_person", "postal"]
     due_at: Timestamp
     applicant_id: Union[str, None] = None
