@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import heapq
 import math
 import random
@@ -52,7 +53,7 @@ class Agency:
     procedures: tuple[tuple[str, int], ...]  # (procedure code, legal limit in working minutes)
     spread: float = 0.45  # sigma of the lognormal processing time
 
-    @property
+    @functools.cached_property
     def pace(self) -> float:
         """Median processing time as a share of the limit, so that `late_share` finish after it."""
         return math.exp(-self.spread * statistics.NormalDist().inv_cdf(1 - self.late_share))
