@@ -16,9 +16,6 @@ OFFICE_SPANS_MS = ((450 * MINUTE_MS, 690 * MINUTE_MS), (810 * MINUTE_MS, 1020 * 
 WORKING_DAY_MS = sum(end - start for start, end in OFFICE_SPANS_MS)  # 7.5 hours
 _EPOCH_WEEKDAY = 3  # 1970-01-01 was a Thursday (Monday = 0)
 
-# How busy each kind of traffic is, as a share of its weekday office-hours peak.
-CHANNELS = ("counter", "online", "hotline", "always")
-
 
 def _local(ms: int) -> tuple[int, int, int]:
     """(day number, weekday, milliseconds into the day) in local time."""
@@ -81,12 +78,11 @@ class OfficeHours:
         """Share of peak traffic per channel (counter, online, hotline, always) at `ms`."""
         if self.always_open:
             return (1.0, 1.0, 1.0, 1.0)
+        if self.is_open(ms):
+            return (1.0, 1.0, 1.0, 1.0)
         _, weekday, into_day = _local(ms)
         hour = into_day / HOUR_MS
-        weekday_open = weekday < 5 and any(start <= into_day < end for start, end in OFFICE_SPANS_MS)
         daytime = 7 <= hour < 22
-        if weekday_open:
-            return (1.0, 1.0, 1.0, 1.0)
         counter = 0.0  # one-stop counters and officials work office hours only
         if weekday < 5:
             online = 0.5 if 6 <= hour < 22 else 0.08  # people file online at lunch and in the evening
