@@ -62,9 +62,17 @@ class Catalogue:
         # Keyed by (province, code); province "" holds for every province.
         self.agencies = agencies
         self.procedures = procedures
+        # agency code -> True (in every province) or the provinces that have it: the worker asks per event.
+        self._provinces_of: dict = {}
+        for province, agency in agencies:
+            if not province:
+                self._provinces_of[agency] = True
+            elif self._provinces_of.get(agency) is not True:
+                self._provinces_of[agency] = self._provinces_of.get(agency, frozenset()) | {province}
 
     def knows_agency(self, province: str, agency: str) -> bool:
-        return (province, agency) in self.agencies or ("", agency) in self.agencies
+        known = self._provinces_of.get(agency)
+        return known is True or (known is not None and province in known)
 
     def agency_name(self, province: str, agency: str) -> str | None:
         return self.agencies.get((province, agency)) or self.agencies.get(("", agency))

@@ -188,13 +188,7 @@ class Processor:
         self.topic_ids = topic_ids
         self.kinds = {settings.service_topic: "service", settings.security_topic: "security"}
         self.validator = Validator(provinces, int(settings.max_future_s * 1000))
-        # agency code -> True (known in every province) or the provinces whose catalogue has it
-        self.known_agencies: dict = {}
-        for province, agency in (catalogue or default_catalogue()).agencies:
-            if not province:
-                self.known_agencies[agency] = True
-            elif self.known_agencies.get(agency) is not True:
-                self.known_agencies[agency] = self.known_agencies.get(agency, frozenset()) | {province}
+        self.knows_agency = (catalogue or default_catalogue()).knows_agency
         self.pseudonymise = Pseudonymiser(pseudonym_key)
         self.horizon_ms = int(settings.dedup_horizon_s * 1000)
         self.memory_window_s = int(settings.memory_window_hours * 3600)
@@ -255,7 +249,7 @@ class Processor:
         accepted = {}
         duplicates = 0
         unknown_agency: dict = {}
-        known_agency = self.known_agencies.get
+        knows_agency = self.knows_agency
         events = decoded.events
         fresh = recent.admit([None if type(e) is SecurityAlert else e.event_id for e in events], record_ms)
         for event, index, occurred_ms, is_new in zip(events, decoded.indexes, decoded.occurred_ms, fresh):
@@ -274,8 +268,7 @@ class Processor:
                 continue
             c = row.counters
             c[0] += 1
-            known = known_agency(event.agency)
-            if known is not True and (known is None or event.province not in known):
+            if not knows_agency(event.province, event.agency):
                 unknown_agency[event.province] = unknown_agency.get(event.province, 0) + 1
             due_ms = on_time = amount = 0
             item_id = procedure = service_level = channel = result = method = direction = applicant = ""
