@@ -53,6 +53,10 @@ def _setting(default, minimum: float = 0, share: bool = False):
     return field(default=default, metadata={"minimum": minimum, "share": share})
 
 
+# Variables of earlier releases: refused with the new name rather than silently ignored.
+RENAMED = {"OPSCENTRE_MEMORY_WINDOW_HOURS": "OPSCENTRE_MEMORY_WINDOW_S (seconds)"}
+
+
 @dataclass(frozen=True)
 class Settings:
     kafka: str | None = None
@@ -66,7 +70,7 @@ class Settings:
     max_future_s: float = 600.0
     flush_interval_s: float = _setting(1.0, minimum=0.05)
     flush_max_records: int = _setting(2000, minimum=1)
-    memory_window_hours: float = 3.0
+    memory_window_s: float = 600.0
     clickhouse_timeout_s: float = _setting(30.0, minimum=1.0)
     group_session_timeout_s: float = _setting(10.0, minimum=1.0)
     group_rebalance_timeout_s: float = _setting(10.0, minimum=1.0)
@@ -87,6 +91,9 @@ class Settings:
 
     @classmethod
     def from_env(cls) -> "Settings":
+        for old, new in RENAMED.items():
+            if _env(old, None) is not None:
+                raise SettingsError(f"{old} is replaced by {new}")
         values = {}
         for setting in fields(cls):
             name = "OPSCENTRE_" + setting.name.upper()

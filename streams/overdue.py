@@ -14,6 +14,16 @@ when the watermark comes near them, after the snapshot that stored them.
 Items received since the last snapshot with a later due time wait in
 `unloaded`, and closings since the last snapshot in `closed_since_snapshot`,
 so a load that cannot see them yet does not miss or resurrect them.
+
+Open items are many (hundreds of thousands at 5,000 events/s when procedures
+take minutes) and most close before they are due, so they are kept as
+columns, not objects: items received while loaded wait in a small dict, and
+are sealed, like each load, into a segment of numpy arrays in due order (due
+time, 64-bit hash of "kind:item_id", interned kind/province/agency/procedure,
+the item id's bytes) with a hash index for closings: about 30 bytes plus the
+id per item. A record's closings are looked up in the segments together,
+when the record is settled. Segments are merged, dropping closed and alerted
+items, when a newer one grows to half the size of the one before it.
 """
 
 from __future__ import annotations
@@ -21,9 +31,13 @@ from __future__ import annotations
 import heapq
 from typing import NamedTuple
 
+import numpy as np
+
 from .dedup import RecentIds
 
 ALERT_TYPES = {"dossier": "dossier.overdue", "feedback": "feedback.overdue"}
+NEVER = 1 << 62
+SEAL_AT = 4096  # items in the dict before they are sealed into a segment
 
 
 class OpenItem(NamedTuple):
@@ -35,86 +49,228 @@ class OpenItem(NamedTuple):
     procedure_code: str
 
 
+def item_key(kind: str, item_id: str) -> int:
+    return hash(f"{kind}:{item_id}")
+
+
+class _Segment:
+    """Open items in due order; `alive` turns off as they close or go overdue."""
+
+    __slots__ = ("due", "meta", "starts", "ids", "alive", "hashes", "by_hash", "cursor", "live")
+
+    def __init__(self, due: np.ndarray, hashes: np.ndarray, meta: np.ndarray, ids: list):
+        order = np.argsort(due, kind="stable")
+        self.due = due[order]
+        hashes = hashes[order]
+        self.meta = meta[order].astype(np.int32)
+        encoded = [ids[i] for i in order.tolist()]
+        starts = np.zeros(len(encoded) + 1, dtype=np.int64)
+        np.cumsum([len(b) for b in encoded], out=starts[1:])
+        self.starts = starts.astype(np.uint32) if starts[-1] < 1 << 32 else starts
+        self.ids = b"".join(encoded)
+        self.by_hash = np.argsort(hashes, kind="stable").astype(np.int32)
+        self.hashes = hashes[self.by_hash]
+        self.alive = np.ones(len(order), dtype=bool)
+        self.cursor = 0  # items before this one (in due order) were passed by the watermark
+        self.live = len(order)
+
+    def __len__(self) -> int:
+        return len(self.due)
+
+    @property
+    def next_due(self) -> int:
+        return int(self.due[self.cursor]) if self.cursor < len(self.due) else NEVER
+
+    def find(self, queries: np.ndarray) -> np.ndarray:
+        """Positions of the live items with these hashes (-1 where none)."""
+        idx = np.searchsorted(self.hashes, queries)
+        np.minimum(idx, len(self.hashes) - 1, out=idx)
+        pos = self.by_hash[idx]
+        hit = (self.hashes[idx] == queries) & self.alive[pos]
+        return np.where(hit, pos, -1)
+
+    def item_id(self, pos: int) -> str:
+        return self.ids[int(self.starts[pos]):int(self.starts[pos + 1])].decode()
+
+    def kill(self, pos: int) -> None:
+        self.alive[pos] = False
+        self.live -= 1
+
+    def pass_until(self, watermark: int) -> np.ndarray:
+        """Positions of the live items due before `watermark`, which stop being live."""
+        end = int(np.searchsorted(self.due, watermark, side="left"))
+        positions = np.arange(self.cursor, end)[self.alive[self.cursor:end]]
+        self.alive[positions] = False
+        self.live -= len(positions)
+        self.cursor = end
+        return positions
+
+    def live_columns(self) -> tuple:
+        pos = np.flatnonzero(self.alive)
+        hashes = np.empty(len(self.hashes), dtype=np.int64)
+        hashes[self.by_hash] = self.hashes
+        starts, ids = self.starts, self.ids
+        return (self.due[pos], hashes[pos], self.meta[pos],
+                [ids[s:e] for s, e in zip(starts[pos].tolist(), starts[pos + 1].tolist())])
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in (self.due, self.meta, self.starts, self.alive, self.hashes, self.by_hash)) + len(self.ids)
+
+
 class OverdueTracker:
-    __slots__ = ("watermark", "loaded_to", "open", "heap", "unloaded", "closed_since_snapshot", "closed",
-                 "alerted", "horizon_ms", "_opening", "_closing")
+    __slots__ = ("watermark", "loaded_to", "fresh", "fresh_heap", "segments", "next_due", "unloaded",
+                 "closed_since_snapshot", "closed", "alerted", "horizon_ms", "_metas", "_meta_index",
+                 "_opening", "_closing", "_closed_names")
 
     def __init__(self, horizon_ms: int):
         self.watermark = -1
         self.loaded_to = None  # open items due at or before this are in memory (None: nothing loaded yet)
-        self.open: dict = {}  # (kind, item_id) -> OpenItem
-        self.heap: list = []  # (due_ms, kind, item_id); entries of closed items are skipped when popped
+        self.fresh: dict = {}  # key -> OpenItem, received while its due time was within the loaded range
+        self.fresh_heap: list = []  # (due_ms, key); entries of items no longer in `fresh` are skipped
+        self.segments: list = []  # _Segment, oldest first
+        self.next_due = NEVER  # nothing in memory is due before this
         self.unloaded: list = []  # OpenItem received since the last snapshot, due after loaded_to
-        self.closed_since_snapshot: set = set()
+        self.closed_since_snapshot: set = set()  # keys
         self.closed = RecentIds(horizon_ms)  # "kind:item_id" closed lately: a late received stays closed
-        self.alerted: dict = {}  # (kind, item_id) -> watermark when alerted
+        self.alerted: dict = {}  # key -> watermark when alerted
         self.horizon_ms = horizon_ms
-        # A record's openings and closings, settled together: one look-up in `closed` per record.
-        self._opening: dict = {}  # (kind, item_id) -> OpenItem
-        self._closing: list = []  # "kind:item_id"
+        self._metas: list = []  # (kind, province, agency, procedure_code), interned
+        self._meta_index: dict = {}
+        # A record's openings and closings, settled together.
+        self._opening: dict = {}  # key -> OpenItem
+        self._closing: list = []  # (key, "kind:item_id", occurred_ms, due_ms) to look up in the segments
+        self._closed_names: list = []  # "kind:item_id" closed by the record
 
     def __len__(self) -> int:
-        return len(self.open)
+        return len(self.fresh) + sum(segment.live for segment in self.segments)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the segments (the dict of fresh items aside)."""
+        return sum(segment.nbytes for segment in self.segments)
+
+    def remember_alerted(self, alerted) -> None:
+        """(kind, item_id, watermark when alerted) of alerts stored before a take-over."""
+        self.alerted = {item_key(kind, item_id): at for kind, item_id, at in alerted}
 
     def opened(self, item: OpenItem) -> None:
         """A receipt; it takes effect at settle(), after the rest of its record."""
-        self._opening[(item.kind, item.item_id)] = item
+        self._opening[item_key(item.kind, item.item_id)] = item
 
     def closed_item(self, kind: str, item_id: str, occurred_ms: int, due_ms: int | None) -> None:
         """A completion, cancellation or resolution. One that comes after the due time does not
         prevent the alert: the item was overdue before it closed."""
-        key = (kind, item_id)
-        item = self.open.get(key)
+        name = f"{kind}:{item_id}"
+        key = hash(name)
+        item = self.fresh.get(key)
         if item is not None:
             if occurred_ms > item.due_ms:
                 return
-            del self.open[key]
+            del self.fresh[key]
         else:
             item = self._opening.get(key)  # received earlier in the same record
             if item is not None:
                 if occurred_ms > item.due_ms:
                     return
                 del self._opening[key]
+            elif self.segments:
+                self._closing.append((key, name, occurred_ms, due_ms))
+                return
             elif due_ms is not None and occurred_ms > due_ms:
                 return
         self.closed_since_snapshot.add(key)
-        self._closing.append(f"{kind}:{item_id}")
+        self._closed_names.append(name)
 
     def settle(self, record_ms: int) -> None:
         """Apply the record's closings and openings (call after each record)."""
         if self._closing:
-            self.closed.admit(self._closing, record_ms)
-            self._closing = []
+            self._settle_closings()
+        if self._closed_names:
+            self.closed.admit(self._closed_names, record_ms)
+            self._closed_names = []
         if not self._opening:
             return
-        items = [item for key, item in self._opening.items()
-                 if key not in self.open and key not in self.alerted and key not in self.closed_since_snapshot]
+        fresh, alerted, closed_since = self.fresh, self.alerted, self.closed_since_snapshot
+        candidates = {key: item for key, item in self._opening.items()
+                      if key not in fresh and key not in alerted and key not in closed_since}
         self._opening = {}
-        if items:
-            closed = self.closed.known([f"{item.kind}:{item.item_id}" for item in items], record_ms)
-            for item, was_closed in zip(items, closed):
-                if was_closed:
+        if candidates:
+            self._admit(candidates, record_ms)
+
+    def _settle_closings(self) -> None:
+        closing, self._closing = self._closing, []
+        for (key, name, occurred_ms, due_ms), found in zip(closing, self._find([c[0] for c in closing])):
+            if found is not None:
+                segment, pos = found
+                if occurred_ms > segment.due[pos]:
                     continue
-                if self.loaded_to is not None and item.due_ms <= self.loaded_to:
-                    self._add((item.kind, item.item_id), item)
-                else:
-                    self.unloaded.append(item)
+                segment.kill(pos)
+            elif due_ms is not None and occurred_ms > due_ms:
+                continue
+            self.closed_since_snapshot.add(key)
+            self._closed_names.append(name)
+
+    def _admit(self, candidates: dict, at_ms: int) -> None:
+        """Receipts not already open, alerted or closed since the snapshot: drop those in a segment or
+        closed lately; hold the rest if due within the loaded range, else leave them to the next load."""
+        keys = list(candidates)
+        in_segments = self._find(keys)
+        items = [candidates[key] for key, found in zip(keys, in_segments) if found is None]
+        keys = [key for key, found in zip(keys, in_segments) if found is None]
+        closed = self.closed.known([f"{item.kind}:{item.item_id}" for item in items], at_ms)
+        loaded_to = self.loaded_to
+        for key, item, was_closed in zip(keys, items, closed):
+            if was_closed:
+                continue
+            if loaded_to is not None and item.due_ms <= loaded_to:
+                self.fresh[key] = item
+                heapq.heappush(self.fresh_heap, (item.due_ms, key))
+                if item.due_ms < self.next_due:
+                    self.next_due = item.due_ms
+            else:
+                self.unloaded.append(item)
+        if len(self.fresh_heap) >= SEAL_AT:  # the heap also holds entries of items closed since
+            self._seal_fresh()
+
+    def _find(self, keys: list) -> list:
+        """For each key, (segment, position) of its live item in a segment, or None."""
+        found = [None] * len(keys)
+        if not self.segments or not keys:
+            return found
+        queries = np.fromiter(keys, dtype=np.int64, count=len(keys))
+        for segment in self.segments:
+            positions = segment.find(queries)
+            for i in np.flatnonzero(positions >= 0).tolist():
+                found[i] = (segment, int(positions[i]))
+        return found
 
     def advance(self, watermark: int) -> list:
-        """Move the watermark (never back); returns the items that went overdue."""
+        """Move the watermark (never back); returns the items that went overdue, by due time."""
         if watermark > self.watermark:
             self.watermark = watermark
         watermark = self.watermark
-        heap, open_items = self.heap, self.open
-        if not heap or heap[0][0] >= watermark:
+        if self.next_due >= watermark:
             return []
         overdue = []
+        heap, fresh = self.fresh_heap, self.fresh
         while heap and heap[0][0] < watermark:
-            _, kind, item_id = heapq.heappop(heap)
-            item = open_items.pop((kind, item_id), None)
-            if item is not None:
-                self.alerted[(kind, item_id)] = watermark
+            due_ms, key = heapq.heappop(heap)
+            item = fresh.get(key)
+            if item is not None and item.due_ms <= due_ms:  # else the entry is stale
+                del fresh[key]
+                self.alerted[key] = watermark
                 overdue.append(item)
+        for segment in self.segments:
+            if segment.next_due >= watermark:
+                continue
+            for pos in segment.pass_until(watermark).tolist():
+                kind, province, agency, procedure = self._metas[segment.meta[pos]]
+                item = OpenItem(int(segment.due[pos]), kind, segment.item_id(pos), province, agency, procedure)
+                self.alerted[item_key(kind, item.item_id)] = watermark
+                overdue.append(item)
+        self._tidy_segments()
+        overdue.sort()
         return overdue
 
     def snapshot_taken(self) -> list:
@@ -132,13 +288,17 @@ class OverdueTracker:
         for item in self.unloaded:
             (stored if item.due_ms <= up_to else keep).append(item)
         self.unloaded = keep
-        stored = [item for item in stored if (item.kind, item.item_id) not in self.open
-                  and (item.kind, item.item_id) not in self.alerted
-                  and (item.kind, item.item_id) not in self.closed_since_snapshot]
-        closed = self.closed.known([f"{item.kind}:{item.item_id}" for item in stored], self.watermark)
-        for item, was_closed in zip(stored, closed):
-            if not was_closed:
-                self._add((item.kind, item.item_id), item)
+        fresh, alerted, closed_since = self.fresh, self.alerted, self.closed_since_snapshot
+        candidates = {}
+        for item in stored:
+            key = item_key(item.kind, item.item_id)
+            if key not in fresh and key not in alerted and key not in closed_since:
+                candidates[key] = item
+        keys = list(candidates)
+        keys = [key for key, found in zip(keys, self._find(keys)) if found is None]
+        items = [candidates[key] for key in keys]
+        closed = self.closed.known([f"{item.kind}:{item.item_id}" for item in items], self.watermark)
+        self._add_segment([key for key, c in zip(keys, closed) if not c], [item for item, c in zip(items, closed) if not c])
         self.loaded_to = up_to
 
     def forget_alerted(self) -> None:
@@ -146,6 +306,40 @@ class OverdueTracker:
         oldest = self.watermark - self.horizon_ms
         self.alerted = {key: at for key, at in self.alerted.items() if at >= oldest}
 
-    def _add(self, key, item: OpenItem) -> None:
-        self.open[key] = item
-        heapq.heappush(self.heap, (item.due_ms, item.kind, item.item_id))
+    # -- segments ------------------------------------------------------------------------
+
+    def _meta(self, item: OpenItem) -> int:
+        meta = (item.kind, item.province, item.agency, item.procedure_code)
+        index = self._meta_index.get(meta)
+        if index is None:
+            index = self._meta_index[meta] = len(self._metas)
+            self._metas.append(meta)
+        return index
+
+    def _seal_fresh(self) -> None:
+        keys, items = list(self.fresh), list(self.fresh.values())
+        self.fresh, self.fresh_heap = {}, []
+        self._add_segment(keys, items)
+
+    def _add_segment(self, keys: list, items: list) -> None:
+        if items:
+            n = len(items)
+            self.segments.append(_Segment(
+                np.fromiter((item.due_ms for item in items), dtype=np.int64, count=n),
+                np.fromiter(keys, dtype=np.int64, count=n),
+                np.fromiter((self._meta(item) for item in items), dtype=np.int32, count=n),
+                [item.item_id.encode() for item in items],
+            ))
+        self._tidy_segments()
+
+    def _tidy_segments(self) -> None:
+        """Drop segments with nothing live; merge the newest into the one before while it is at least half
+        its size, so there are O(log n) segments and closed items do not pile up."""
+        segments = [segment for segment in self.segments if segment.live]
+        while len(segments) >= 2 and 2 * segments[-1].live >= segments[-2].live:
+            newer, older = segments.pop(), segments.pop()
+            old, new = older.live_columns(), newer.live_columns()
+            segments.append(_Segment(*(np.concatenate((a, b)) for a, b in zip(old[:3], new[:3])), old[3] + new[3]))
+        self.segments = segments
+        heap_due = self.fresh_heap[0][0] if self.fresh_heap else NEVER
+        self.next_due = min([heap_due] + [segment.next_due for segment in segments])

@@ -191,7 +191,7 @@ class Processor:
         self.knows_agency = (catalogue or default_catalogue()).knows_agency
         self.pseudonymise = Pseudonymiser(pseudonym_key)
         self.horizon_ms = int(settings.dedup_horizon_s * 1000)
-        self.memory_window_s = int(settings.memory_window_hours * 3600)
+        self.memory_window_s = int(settings.memory_window_s)
         self.clock = clock
         self.partitions: dict = {}
         self.batch = WriteBatch()
@@ -497,7 +497,7 @@ class Processor:
         if state.tracker is not None:
             alerted, unpublished, closed, last_published = self.sink.load_alert_state(
                 topic_id, partition, offset, record_ms - self.horizon_ms)
-            state.tracker.alerted = {(kind, item): at for kind, item, at in alerted}
+            state.tracker.remember_alerted(alerted)
             state.tracker.closed.preload(closed)
             if unpublished:
                 # Stored, not known to be published: the worker may have died between the two.
