@@ -36,19 +36,22 @@ from opscentre.kafka import ensure_topics  # noqa: E402
 from opscentre.local import scrape  # noqa: E402
 from producers.simulator import rfc3339  # noqa: E402
 from streams.dedup import RecentIds  # noqa: E402
+from streams.overdue import OpenItem, OverdueTracker  # noqa: E402
 from tests.harness import ClickHouseServer, Pipeline  # noqa: E402
 
 
-def rss_mb(pid: int) -> float:
-    total = 0
-    pids = [pid]
-    for task in os.listdir(f"/proc/{pid}/task"):
-        pids += [int(p) for p in open(f"/proc/{pid}/task/{task}/children").read().split()]
-    for p in pids:
+def rss_mb(pid: int) -> tuple[float, float]:
+    """Resident memory of a process and of its children together (MB)."""
+    def of(p: int) -> float:
         for line in open(f"/proc/{p}/status"):
             if line.startswith("VmRSS:"):
-                total += int(line.split()[1])
-    return total / 1024
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    children = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        children += [int(p) for p in open(f"/proc/{pid}/task/{task}/children").read().split()]
+    return of(pid), sum(of(p) for p in children)
 
 
 def latency_buckets(port: int) -> list:
@@ -83,6 +86,15 @@ def dedup_bytes_per_id(count: int = 3_000_000) -> float:
     return (after - before) / len(memory)
 
 
+def tracker_bytes_per_item(count: int = 300_000) -> float:
+    """Bytes an open item costs the overdue tracker (its segments; ids like 000.00.21.H56-241124-000001)."""
+    tracker = OverdueTracker(horizon_ms=600_000)
+    tracker.advance(1_000)
+    tracker.load([OpenItem(2_000 + i, "dossier", f"000.00.21.H56-241124-{i:06d}", "01", "STP", "1.004227")
+                  for i in range(count)], 10_000_000)
+    return tracker.nbytes / len(tracker)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=5000)
@@ -110,7 +122,8 @@ def main() -> None:
     def sample_memory():
         started = time.monotonic()
         while not stop.wait(10):
-            memory.append((round(time.monotonic() - started), round(rss_mb(worker.process.pid), 1)))
+            main, writer = rss_mb(worker.process.pid)
+            memory.append((round(time.monotonic() - started), round(main + writer, 1), round(main, 1), round(writer, 1)))
 
     sampler = threading.Thread(target=sample_memory, daemon=True)
     sampler.start()
@@ -156,13 +169,15 @@ def main() -> None:
         p99 = next(bound for bound, count in histogram if count >= 0.99 * total)
         p50 = next(bound for bound, count in histogram if count >= 0.5 * total)
         print(f"worker histogram, record produced → rows written ({total:,.0f} records): p50 ≤ {p50:g}s, p99 ≤ {p99:g}s")
-    print("memory (s, MB RSS worker incl. writer):", memory)
-    steady = [mb for t, mb in memory if t >= args.warmup]
-    if len(steady) > 1:
-        print(f"after {args.warmup:g}s: min {min(steady)} MB, max {max(steady)} MB, "
-              f"spread {100 * (max(steady) - min(steady)) / min(steady):.1f}% of min")
+    print("memory (s, MB RSS worker incl. writer, main process, writer process):", memory)
+    for column, name in ((1, "worker incl. writer"), (2, "main process"), (3, "writer process")):
+        steady = [sample[column] for sample in memory if sample[0] >= args.warmup]
+        if len(steady) > 1:
+            print(f"{name} after {args.warmup:g}s: min {min(steady)} MB, max {max(steady)} MB, "
+                  f"spread {100 * (max(steady) - min(steady)) / min(steady):.1f}% of min")
     print(f"open items tracked at the end: {metrics.get('opscentre_stream_open_items_tracked', 0):,.0f}")
     print(f"de-duplication memory: {dedup_bytes_per_id():.0f} bytes per remembered id")
+    print(f"overdue tracker: {tracker_bytes_per_item():.0f} bytes per open item (27-byte ids)")
 
 
 if __name__ == "__main__":

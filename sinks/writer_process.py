@@ -31,8 +31,10 @@ _encode = msgspec.msgpack.Encoder().encode
 def _serve(url: str, timeout_s: float, conn) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when to stop
     # Decoded rows are short-lived and hold no cycles; the collector walking them cost more than
-    # decoding. It runs once per batch instead, after the rows are gone, for cycles made elsewhere.
+    # decoding. It runs once per batch instead, after the rows are gone, over every generation
+    # (cycles made by the driver would otherwise pile up in the oldest), start-up's objects frozen.
     gc.disable()
+    gc.freeze()
     decode = msgspec.msgpack.Decoder().decode
     sink = None
     while True:
@@ -50,7 +52,7 @@ def _serve(url: str, timeout_s: float, conn) -> None:
         except StoreError as exc:
             conn.send(("error", str(exc)))
         del batch
-        gc.collect(1)
+        gc.collect()
 
 
 class WriterProcess:

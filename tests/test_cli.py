@@ -30,6 +30,7 @@ def opscentre(*args, env=None):
     (["kpi", "--province", "01", "--from", "2026-11-22T00:00:00Z", "--to", "2026-11-23T00:00:00Z"],
      {"OPSCENTRE_CLICKHOUSE": "mysql://x"}, "unsupported scheme"),
     (["worker"], {}, "OPSCENTRE_KAFKA is not set"),
+    (["worker"], {"OPSCENTRE_MEMORY_WINDOW_HOURS": "3"}, "OPSCENTRE_MEMORY_WINDOW_HOURS is replaced by OPSCENTRE_MEMORY_WINDOW_S"),
     (["simulate", "--rate", "-5", "--duration", "1"], {}, "must be > 0"),
     (["ingest", "/nonexistent/events.jsonl"], {"OPSCENTRE_KAFKA": "127.0.0.1:1"}, "cannot read /nonexistent/events.jsonl"),
     (["simulate", "--rate", "5", "--duration", "1"], {"OPSCENTRE_KAFKA": f"127.0.0.1:{free_port()}"}, "not reachable"),
