@@ -1,6 +1,6 @@
 """Latency and memory of the worker under a steady load.
 
-    .venv/bin/python bench/latency_memory.py [--rate 5000] [--duration 600] [--warmup 60]
+    .venv/bin/python bench/latency_memory.py [--rate 5000] [--duration 1400] [--warmup 720]
 
 Runs a Tansu broker, clickhouse-server, one `opscentre worker` and
 `opscentre simulate --rate R --steady` for --duration seconds. Meanwhile it sends one
@@ -99,8 +99,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=5000)
     parser.add_argument("--duration", type=float, default=120)
-    parser.add_argument("--warmup", type=float, default=60,
-                        help="seconds before the memory spread is measured (state filling up)")
+    parser.add_argument("--warmup", type=float, default=720,
+                        help="seconds before the memory spread is measured: the de-duplication memory fills "
+                             "for 1.2 horizons (720 s by default)")
     args = parser.parse_args()
 
     broker = EmbeddedBroker().start()
