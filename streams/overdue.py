@@ -74,9 +74,6 @@ class _Segment:
         self.cursor = 0  # items before this one (in due order) were passed by the watermark
         self.live = len(order)
 
-    def __len__(self) -> int:
-        return len(self.due)
-
     @property
     def next_due(self) -> int:
         return int(self.due[self.cursor]) if self.cursor < len(self.due) else NEVER
@@ -212,17 +209,9 @@ class OverdueTracker:
             self._closed_names.append(name)
 
     def _admit(self, candidates: dict, at_ms: int) -> None:
-        """Receipts not already open, alerted or closed since the snapshot: drop those in a segment or
-        closed lately; hold the rest if due within the loaded range, else leave them to the next load."""
-        keys = list(candidates)
-        in_segments = self._find(keys)
-        items = [candidates[key] for key, found in zip(keys, in_segments) if found is None]
-        keys = [key for key, found in zip(keys, in_segments) if found is None]
-        closed = self.closed.known([f"{item.kind}:{item.item_id}" for item in items], at_ms)
+        """Hold new receipts if due within the loaded range, else leave them to the next load."""
         loaded_to = self.loaded_to
-        for key, item, was_closed in zip(keys, items, closed):
-            if was_closed:
-                continue
+        for key, item in zip(*self._not_known(candidates, at_ms)):
             if loaded_to is not None and item.due_ms <= loaded_to:
                 self.fresh[key] = item
                 heapq.heappush(self.fresh_heap, (item.due_ms, key))
@@ -232,6 +221,14 @@ class OverdueTracker:
                 self.unloaded.append(item)
         if len(self.fresh_heap) >= SEAL_AT:  # the heap also holds entries of items closed since
             self._seal_fresh()
+
+    def _not_known(self, candidates: dict, at_ms: int) -> tuple[list, list]:
+        """(keys, items) of the candidates (key -> OpenItem, already not in `fresh`, alerted or closed
+        since the snapshot) that are not live in a segment either, nor closed within the horizon."""
+        keys = [key for key, found in zip(candidates, self._find(list(candidates))) if found is None]
+        items = [candidates[key] for key in keys]
+        closed = self.closed.known([f"{item.kind}:{item.item_id}" for item in items], at_ms)
+        return [k for k, c in zip(keys, closed) if not c], [i for i, c in zip(items, closed) if not c]
 
     def _find(self, keys: list) -> list:
         """For each key, (segment, position) of its live item in a segment, or None."""
@@ -294,11 +291,7 @@ class OverdueTracker:
             key = item_key(item.kind, item.item_id)
             if key not in fresh and key not in alerted and key not in closed_since:
                 candidates[key] = item
-        keys = list(candidates)
-        keys = [key for key, found in zip(keys, self._find(keys)) if found is None]
-        items = [candidates[key] for key in keys]
-        closed = self.closed.known([f"{item.kind}:{item.item_id}" for item in items], self.watermark)
-        self._add_segment([key for key, c in zip(keys, closed) if not c], [item for item, c in zip(items, closed) if not c])
+        self._add_segment(*self._not_known(candidates, self.watermark))
         self.loaded_to = up_to
 
     def forget_alerted(self) -> None:
