@@ -41,7 +41,7 @@ from tests.harness import ClickHouseServer, Pipeline  # noqa: E402
 
 
 def rss_mb(pid: int) -> tuple[float, float]:
-    """Resident memory of a process and of its children together (MB)."""
+    """Resident memory (MB) of a process, and of all its children together."""
     def of(p: int) -> float:
         for line in open(f"/proc/{p}/status"):
             if line.startswith("VmRSS:"):
@@ -98,7 +98,7 @@ def tracker_bytes_per_item(count: int = 300_000) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=5000)
-    parser.add_argument("--duration", type=float, default=120)
+    parser.add_argument("--duration", type=float, default=1400)
     parser.add_argument("--warmup", type=float, default=720,
                         help="seconds before the memory spread is measured: the de-duplication memory fills "
                              "for 1.2 horizons (720 s by default)")
