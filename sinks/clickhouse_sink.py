@@ -181,34 +181,29 @@ class ClickHouseSink:
     # -- overdue tracking (streams.overdue) ------------------------------------------------
 
     def load_open_items(self, topic_id: str, partition: int, after_ms: int | None, up_to_ms: int) -> list:
-        """Items of a partition received and not closed, due in (after_ms, up_to_ms], never alerted."""
-        events = self.store.table("service_events")
+        """Items of a partition received and not closed, due in (after_ms, up_to_ms], never alerted.
+
+        Reads the receipts due in the range (`item_receipts`, ordered by due time) and the closings
+        of those items only (`item_closings`, by item): the cost follows the range, not the history."""
         source = f"topic_id = {quote(topic_id)} AND source_partition = {int(partition)}"
         due = f"due_ms <= {int(up_to_ms)}" + ("" if after_ms is None else f" AND due_ms > {int(after_ms)}")
-        # Open: received, and no completion, cancellation or resolution at or before the due time
-        # (an item closed late went overdue first: it is alerted too).
-        sql = f"""
-SELECT kind, item_id, due, province, agency, procedure FROM (
-    SELECT kind, item_id, anyIf(due_ms, opening) AS due, anyIf(province, opening) AS province,
-           anyIf(agency, opening) AS agency, anyIf(procedure_code, opening) AS procedure,
-           countIf(opening) AS opened, minIf(occurred_ms, NOT opening) AS first_close, countIf(NOT opening) AS closes
-    FROM (
-        SELECT if(event_type LIKE 'dossier.%', 'dossier', 'feedback') AS kind, item_id, due_ms, province, agency,
-               procedure_code, occurred_ms, event_type IN ('dossier.received', 'feedback.received') AS opening
-        FROM {events} FINAL
-        WHERE {source}
-          AND event_type IN ('dossier.received', 'dossier.completed', 'dossier.cancelled', 'feedback.received',
-                             'feedback.resolved')
-          AND item_id IN (SELECT item_id FROM {events} WHERE {source}
-                          AND event_type IN ('dossier.received', 'feedback.received') AND {due})
-    )
-    GROUP BY kind, item_id
-)
-WHERE opened > 0 AND (closes = 0 OR first_close > due)
-  AND (kind, item_id) NOT IN (SELECT kind, item_id FROM {self.store.table('alerts')} WHERE {source})"""
+        in_range = f"SELECT kind, item_id FROM {self.store.table('item_receipts')} WHERE {source} AND {due}"
+        receipts = self.store.query(
+            f"SELECT kind, item_id, any(due_ms), any(province), any(agency), any(procedure_code) "
+            f"FROM {self.store.table('item_receipts')} WHERE {source} AND {due} "
+            f"AND (kind, item_id) NOT IN (SELECT kind, item_id FROM {self.store.table('alerts')} WHERE {source}) "
+            f"GROUP BY kind, item_id")
+        if not receipts:
+            return []
+        # Open: no completion, cancellation or resolution at or before the due time (an item
+        # closed late went overdue first: it is alerted too).
+        first_close = dict(((kind, item_id), int(ms)) for kind, item_id, ms in self.store.query(
+            f"SELECT kind, item_id, min(occurred_ms) FROM {self.store.table('item_closings')} "
+            f"WHERE {source} AND occurred_ms <= {int(up_to_ms)} AND (kind, item_id) IN ({in_range}) "
+            f"GROUP BY kind, item_id"))
         return [(kind, item_id, int(due_ms), province, agency, procedure)
-                for kind, item_id, due_ms, province, agency, procedure in self.store.query(sql)
-                if after_ms is None or int(due_ms) > after_ms]
+                for kind, item_id, due_ms, province, agency, procedure in receipts
+                if first_close.get((kind, item_id), int(due_ms) + 1) > int(due_ms)]
 
     def load_alert_state(self, topic_id: str, partition: int, first_offset: int, since_ms: int) -> tuple:
         """For a worker resuming a partition at `first_offset`: (kind, item_id, detected_ms) of alerts raised

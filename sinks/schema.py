@@ -17,7 +17,22 @@ from __future__ import annotations
 from opscentre.clickhouse import Store
 from opscentre.measures import SECURITY_COUNTERS, SERVICE_COUNTERS
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+ITEM_VIEWS_SINCE = 3  # the version that added them; databases older than it are backfilled
+
+# What the overdue tracker loads (streams.overdue): receipts by due time and closings by item, kept
+# by materialized views from service_events, so that loading the items due in the next hour reads
+# that hour's receipts instead of the partition's whole history.
+_ITEM_KIND = "if(event_type LIKE 'dossier.%', 'dossier', 'feedback')"
+_RECEIPTS = "event_type IN ('dossier.received', 'feedback.received')"
+_CLOSINGS = "event_type IN ('dossier.completed', 'dossier.cancelled', 'feedback.resolved')"
+ITEM_VIEWS = {
+    "item_receipts_mv": ("item_receipts", f"""SELECT topic_id, source_partition, due_ms, {_ITEM_KIND} AS kind, item_id,
+       province, agency, procedure_code
+FROM {{source}} WHERE {_RECEIPTS}"""),
+    "item_closings_mv": ("item_closings", f"""SELECT topic_id, source_partition, {_ITEM_KIND} AS kind, item_id, occurred_ms
+FROM {{source}} WHERE {_CLOSINGS}"""),
+}
 
 
 def _types(version: tuple[int, ...]) -> dict[str, str]:
@@ -168,6 +183,30 @@ ORDER BY (topic_id, source_partition, record_ms)""",
 ) ENGINE = ReplacingMergeTree(published)
 PARTITION BY toYYYYMM(toDateTime(intDiv(due_ms, 1000)))
 ORDER BY (kind, item_id)""",
+        # Rows are identical when an event is stored twice; readers take any()/min() per item.
+        f"""CREATE TABLE IF NOT EXISTS {db}.item_receipts (
+    topic_id {lc},
+    source_partition UInt16,
+    due_ms UInt64,
+    kind {lc},
+    item_id String,
+    province {lc},
+    agency {lc},
+    procedure_code {lc}
+) ENGINE = ReplacingMergeTree
+PARTITION BY toYYYYMM(toDateTime(intDiv(due_ms, 1000)))
+ORDER BY (topic_id, source_partition, due_ms, kind, item_id, province, agency, procedure_code)""",
+        # Small granules: a load looks up a few thousand items scattered through the partition's closings.
+        f"""CREATE TABLE IF NOT EXISTS {db}.item_closings (
+    topic_id {lc},
+    source_partition UInt16,
+    kind {lc},
+    item_id String,
+    occurred_ms UInt64
+) ENGINE = ReplacingMergeTree
+PARTITION BY toYYYYMM(toDateTime(intDiv(occurred_ms, 1000)))
+ORDER BY (topic_id, source_partition, kind, item_id, occurred_ms)
+SETTINGS index_granularity = 1024""",
         # The lifecycle of every dossier and feedback item, from its events in any order.
         # Times are epoch ms, 0 when the event has not been seen.
         f"""CREATE VIEW IF NOT EXISTS {db}.dossier_lifecycle AS
@@ -220,7 +259,17 @@ def migrate(store: Store) -> int:
     version = store.server_version()
     for sql in statements(store.database, version):
         store.execute(sql)
-    applied = store.query(f"SELECT count() FROM {store.table('schema_migrations')} WHERE version = {SCHEMA_VERSION}")
-    if not applied[0][0]:
-        store.insert("schema_migrations", ["version"], [[SCHEMA_VERSION]])
+    for view, (target, select) in ITEM_VIEWS.items():
+        store.execute(f"CREATE MATERIALIZED VIEW IF NOT EXISTS {store.table(view)} TO {store.table(target)} AS "
+                      + select.format(source=store.table("service_events")))
+    applied = {int(v) for (v,) in store.query(f"SELECT version FROM {store.table('schema_migrations')}")}
+    if ITEM_VIEWS_SINCE not in applied:
+        # Events stored before the views existed are copied once. Events a worker stores meanwhile
+        # may land twice, which the readers' any()/min() per item absorb (and merges remove).
+        for target, select in ITEM_VIEWS.values():
+            store.execute(f"INSERT INTO {store.table(target)} "
+                          + select.format(source=store.table("service_events") + " FINAL"))
+    missing = sorted({ITEM_VIEWS_SINCE, SCHEMA_VERSION} - applied)
+    if missing:
+        store.insert("schema_migrations", ["version"], [missing])
     return SCHEMA_VERSION

@@ -1,0 +1,116 @@
+"""Open items the overdue tracker loads from ClickHouse: receipts due in a range, less closed and alerted
+ones, on ClickHouse 18.16 and chDB, for a new database and one upgraded from before the item views."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import urlparse
+
+from opscentre.clickhouse import connect, with_database
+from sinks.clickhouse_sink import SERVICE_RAW_COLUMNS, ClickHouseSink, WriteBatch
+from sinks.schema import ITEM_VIEWS, migrate
+
+HOUR = 3_600_000
+T0 = 1_790_000_000_000
+
+
+def service_row(event_id, event_type, item_id, occurred_ms, due_ms=0, partition=0, agency="SO-TNMT"):
+    row = dict.fromkeys(SERVICE_RAW_COLUMNS, "")
+    row.update(
+        event_id=event_id, event_type=event_type, item_id=item_id, occurred_ms=occurred_ms, due_ms=due_ms,
+        province="01", agency=agency, procedure_code="1.001" if event_type.startswith("dossier") else "",
+        on_time=0, digitized=None, amount_vnd=0, satisfied=None, topic_id="topic-a", source_partition=partition,
+        source_offset=int(event_id[1:]), item_index=0, record_ms=occurred_ms,
+    )
+    return tuple(row[name] for name in SERVICE_RAW_COLUMNS)
+
+
+def history() -> list:
+    """Receipts due at T0 + 1..6 h in partition 0, with closings before, after and without their due time."""
+    return [
+        service_row("e1", "dossier.received", "HS-1", T0, T0 + 1 * HOUR),              # open
+        service_row("e2", "dossier.received", "HS-2", T0, T0 + 2 * HOUR),              # completed in time
+        service_row("e3", "dossier.completed", "HS-2", T0 + HOUR, T0 + 2 * HOUR),
+        service_row("e4", "dossier.received", "HS-3", T0, T0 + 3 * HOUR),              # completed late: open
+        service_row("e5", "dossier.completed", "HS-3", T0 + 4 * HOUR, T0 + 3 * HOUR),
+        service_row("e6", "dossier.received", "HS-4", T0, T0 + 4 * HOUR),              # cancelled
+        service_row("e7", "dossier.cancelled", "HS-4", T0 + HOUR),
+        service_row("e8", "feedback.received", "PA-1", T0, T0 + 5 * HOUR),             # open
+        service_row("e9", "feedback.received", "PA-2", T0, T0 + 6 * HOUR),             # resolved
+        service_row("e10", "feedback.resolved", "PA-2", T0 + HOUR, T0 + 6 * HOUR),
+        service_row("e11", "dossier.completed", "HS-1", T0 + HOUR, T0 + HOUR, partition=1),  # another partition
+        service_row("e12", "dossier.received", "HS-9", T0, T0 + 2 * HOUR, partition=1),
+        service_row("e13", "dossier.received", "HS-1", T0, T0 + 30 * HOUR),  # received again, later due
+    ]
+
+
+def open_items(sink, after_ms, up_to_ms, partition=0) -> list:
+    return sorted(sink.load_open_items("topic-a", partition, after_ms, up_to_ms))
+
+
+EXPECTED_0_TO_6H = [
+    ("dossier", "HS-1", T0 + 1 * HOUR, "01", "SO-TNMT", "1.001"),
+    ("dossier", "HS-3", T0 + 3 * HOUR, "01", "SO-TNMT", "1.001"),
+    ("feedback", "PA-1", T0 + 5 * HOUR, "01", "SO-TNMT", ""),
+]
+
+
+def test_on_clickhouse_server(clickhouse_url):
+    for number, check in enumerate(CHECKS):
+        check(connect(with_database(clickhouse_url, f"{urlparse(clickhouse_url).path.strip('/')}_{number}")))
+
+
+def test_on_embedded_chdb(tmp_path):
+    # chDB opens one path per process, for the process's lifetime: a child keeps it from later tests.
+    result = subprocess.run([sys.executable, "-m", "tests.test_open_items", f"chdb://{tmp_path}/chdb"],
+                            capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parent.parent)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def open_items_are_receipts_due_in_the_range_not_closed_in_time_nor_alerted(store):
+    migrate(store)
+    sink = ClickHouseSink(store)
+    rows = history()
+    sink.write_rows(WriteBatch(service_raw=rows))
+    sink.write_rows(WriteBatch(service_raw=rows[:4]))  # stored twice: a retried write
+    assert open_items(sink, None, T0 + 6 * HOUR) == EXPECTED_0_TO_6H
+    assert open_items(sink, T0 + 1 * HOUR, T0 + 4 * HOUR) == EXPECTED_0_TO_6H[1:2]
+    assert open_items(sink, T0 + 6 * HOUR, T0 + 40 * HOUR) == [
+        ("dossier", "HS-1", T0 + 30 * HOUR, "01", "SO-TNMT", "1.001")]  # closed after its first due time only
+    assert open_items(sink, None, T0 + 6 * HOUR, partition=1) == [
+        ("dossier", "HS-9", T0 + 2 * HOUR, "01", "SO-TNMT", "1.001")]
+
+    alert = dict(alert_id="dossier.overdue:x", type="dossier.overdue", kind="dossier", item_id="HS-3", item_ref="x",
+                 province="01", agency="SO-TNMT", procedure_code="1.001", due_ms=T0 + 3 * HOUR,
+                 detected_ms=T0 + 3 * HOUR, replayed=0, published=1, published_offset=0, topic_id="topic-a",
+                 source_partition=0, source_offset=4)
+    sink.write_rows(WriteBatch(alerts=[tuple(alert.values())]))
+    assert open_items(sink, None, T0 + 6 * HOUR) == [EXPECTED_0_TO_6H[0], EXPECTED_0_TO_6H[2]]
+
+
+def a_database_from_before_the_item_views_is_backfilled_once(store):
+    migrate(store)
+    for view, (target, _) in ITEM_VIEWS.items():
+        store.execute(f"DROP TABLE {store.table(view)}")
+        store.execute(f"DROP TABLE {store.table(target)}")
+    store.execute(f"DROP TABLE {store.table('schema_migrations')}")
+    sink = ClickHouseSink(store)
+    sink.write_rows(WriteBatch(service_raw=history()))  # stored by a worker of schema 2
+
+    assert migrate(store) == 3
+    assert open_items(sink, None, T0 + 6 * HOUR) == EXPECTED_0_TO_6H
+    receipts = store.query(f"SELECT count() FROM {store.table('item_receipts')}")[0][0]
+    migrate(store)
+    assert store.query(f"SELECT count() FROM {store.table('item_receipts')}")[0][0] == receipts  # not copied again
+    sink.write_rows(WriteBatch(service_raw=[service_row("e20", "dossier.received", "HS-20", T0, T0 + 2 * HOUR)]))
+    assert ("dossier", "HS-20", T0 + 2 * HOUR, "01", "SO-TNMT", "1.001") in open_items(sink, None, T0 + 6 * HOUR)
+
+
+CHECKS = [open_items_are_receipts_due_in_the_range_not_closed_in_time_nor_alerted,
+          a_database_from_before_the_item_views_is_backfilled_once]
+
+if __name__ == "__main__":
+    for number, check in enumerate(CHECKS):
+        check(connect(with_database(sys.argv[1], f"t{number}")))
