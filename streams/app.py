@@ -63,7 +63,7 @@ def build_app(settings: Settings, processor: Processor, writer=None) -> faust.Ap
         broker_session_timeout=settings.group_session_timeout_s,
         broker_rebalance_timeout=settings.group_rebalance_timeout_s,
         broker_heartbeat_interval=settings.group_heartbeat_s,
-        consumer_max_fetch_size=4 * MAX_RECORD_BYTES,
+        consumer_max_fetch_size=16 * MAX_RECORD_BYTES,
         producer_max_request_size=2 * MAX_RECORD_BYTES,
         stream_buffer_maxsize=max(4096, settings.flush_max_records * 2),
     )
