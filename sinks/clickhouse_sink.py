@@ -217,10 +217,8 @@ class ClickHouseSink:
         unpublished = [tuple(row) for row in self.store.query(
             f"SELECT {', '.join(ALERT_COLUMNS)} FROM {alerts} FINAL WHERE {source} AND published = 0")]
         closed = [(f"{kind}:{item_id}", int(ms)) for kind, item_id, ms in self.store.query(
-            f"SELECT if(event_type LIKE 'dossier.%', 'dossier', 'feedback'), item_id, record_ms "
-            f"FROM {self.store.table('service_events')} FINAL WHERE {source} AND record_ms >= {int(since_ms)} "
-            f"AND (event_type = 'dossier.cancelled' OR (event_type IN ('dossier.completed', 'feedback.resolved') "
-            f"AND occurred_ms <= due_ms)) ORDER BY record_ms")]
+            f"SELECT DISTINCT kind, item_id, record_ms FROM {self.store.table('item_closings')} "
+            f"WHERE {source} AND record_ms >= {int(since_ms)} AND in_time ORDER BY record_ms")]
         last_published = self.store.query(
             f"SELECT max(published_offset), count() FROM {alerts} WHERE {source} AND published = 1")[0]
         return alerted, unpublished, closed, int(last_published[0]) if int(last_published[1]) else -1

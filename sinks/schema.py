@@ -21,8 +21,9 @@ SCHEMA_VERSION = 3
 ITEM_VIEWS_SINCE = 3  # the version that added them; databases older than it are backfilled
 
 # What the overdue tracker loads (streams.overdue): receipts by due time and closings by item, kept
-# by materialized views from service_events, so that loading the items due in the next hour reads
-# that hour's receipts instead of the partition's whole history.
+# by materialized views from service_events, so that loading the items due in the next hour, or a
+# partition's recent closings on take-over, reads that partition's rows instead of every province's
+# history.
 _ITEM_KIND = "if(event_type LIKE 'dossier.%', 'dossier', 'feedback')"
 _RECEIPTS = "event_type IN ('dossier.received', 'feedback.received')"
 _CLOSINGS = "event_type IN ('dossier.completed', 'dossier.cancelled', 'feedback.resolved')"
@@ -30,7 +31,8 @@ ITEM_VIEWS = {
     "item_receipts_mv": ("item_receipts", f"""SELECT topic_id, source_partition, due_ms, {_ITEM_KIND} AS kind, item_id,
        province, agency, procedure_code
 FROM {{source}} WHERE {_RECEIPTS}"""),
-    "item_closings_mv": ("item_closings", f"""SELECT topic_id, source_partition, {_ITEM_KIND} AS kind, item_id, occurred_ms
+    "item_closings_mv": ("item_closings", f"""SELECT topic_id, source_partition, {_ITEM_KIND} AS kind, item_id, occurred_ms,
+       record_ms, event_type = 'dossier.cancelled' OR occurred_ms <= due_ms AS in_time
 FROM {{source}} WHERE {_CLOSINGS}"""),
 }
 
@@ -202,7 +204,9 @@ ORDER BY (topic_id, source_partition, due_ms, kind, item_id, province, agency, p
     source_partition UInt16,
     kind {lc},
     item_id String,
-    occurred_ms UInt64
+    occurred_ms UInt64,
+    record_ms UInt64,
+    in_time UInt8  -- cancelled, or completed/resolved at or before the due time it carries
 ) ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMM(toDateTime(intDiv(occurred_ms, 1000)))
 ORDER BY (topic_id, source_partition, kind, item_id, occurred_ms)

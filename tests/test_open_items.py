@@ -1,5 +1,6 @@
 """Open items the overdue tracker loads from ClickHouse: receipts due in a range, less closed and alerted
-ones, on ClickHouse 18.16 and chDB, for a new database and one upgraded from before the item views."""
+ones, and the closings a take-over remembers, on ClickHouse 18.16 and chDB, for a new database and one
+upgraded from before the item views."""
 
 from __future__ import annotations
 
@@ -50,6 +51,10 @@ def open_items(sink, after_ms, up_to_ms, partition=0) -> list:
     return sorted(sink.load_open_items("topic-a", partition, after_ms, up_to_ms))
 
 
+def store_closed(sink, since_ms) -> list:
+    return sorted(sink.load_alert_state("topic-a", 0, 0, since_ms)[2])
+
+
 EXPECTED_0_TO_6H = [
     ("dossier", "HS-1", T0 + 1 * HOUR, "01", "SO-TNMT", "1.001"),
     ("dossier", "HS-3", T0 + 3 * HOUR, "01", "SO-TNMT", "1.001"),
@@ -81,6 +86,11 @@ def open_items_are_receipts_due_in_the_range_not_closed_in_time_nor_alerted(stor
         ("dossier", "HS-1", T0 + 30 * HOUR, "01", "SO-TNMT", "1.001")]  # closed after its first due time only
     assert open_items(sink, None, T0 + 6 * HOUR, partition=1) == [
         ("dossier", "HS-9", T0 + 2 * HOUR, "01", "SO-TNMT", "1.001")]
+
+    # What a worker taking the partition over remembers as closed lately: closings in time, by record time.
+    closed = store_closed(sink, since_ms=T0)
+    assert closed == [("dossier:HS-2", T0 + HOUR), ("dossier:HS-4", T0 + HOUR), ("feedback:PA-2", T0 + HOUR)]
+    assert store_closed(sink, since_ms=T0 + 2 * HOUR) == []
 
     alert = dict(alert_id="dossier.overdue:x", type="dossier.overdue", kind="dossier", item_id="HS-3", item_ref="x",
                  province="01", agency="SO-TNMT", procedure_code="1.001", due_ms=T0 + 3 * HOUR,
