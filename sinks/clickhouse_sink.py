@@ -187,10 +187,9 @@ class ClickHouseSink:
         of those items only (`item_closings`, by item): the cost follows the range, not the history."""
         source = f"topic_id = {quote(topic_id)} AND source_partition = {int(partition)}"
         due = f"due_ms <= {int(up_to_ms)}" + ("" if after_ms is None else f" AND due_ms > {int(after_ms)}")
-        in_range = f"SELECT kind, item_id FROM {self.store.table('item_receipts')} WHERE {source} AND {due}"
+        in_range = f"FROM {self.store.table('item_receipts')} WHERE {source} AND {due}"
         receipts = self.store.query(
-            f"SELECT kind, item_id, any(due_ms), any(province), any(agency), any(procedure_code) "
-            f"FROM {self.store.table('item_receipts')} WHERE {source} AND {due} "
+            f"SELECT kind, item_id, any(due_ms), any(province), any(agency), any(procedure_code) {in_range} "
             f"AND (kind, item_id) NOT IN (SELECT kind, item_id FROM {self.store.table('alerts')} WHERE {source}) "
             f"GROUP BY kind, item_id")
         if not receipts:
@@ -199,7 +198,7 @@ class ClickHouseSink:
         # closed late went overdue first: it is alerted too).
         first_close = dict(((kind, item_id), int(ms)) for kind, item_id, ms in self.store.query(
             f"SELECT kind, item_id, min(occurred_ms) FROM {self.store.table('item_closings')} "
-            f"WHERE {source} AND occurred_ms <= {int(up_to_ms)} AND (kind, item_id) IN ({in_range}) "
+            f"WHERE {source} AND occurred_ms <= {int(up_to_ms)} AND (kind, item_id) IN (SELECT kind, item_id {in_range}) "
             f"GROUP BY kind, item_id"))
         return [(kind, item_id, int(due_ms), province, agency, procedure)
                 for kind, item_id, due_ms, province, agency, procedure in receipts

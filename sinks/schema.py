@@ -32,7 +32,7 @@ ITEM_VIEWS = {
        province, agency, procedure_code
 FROM {{source}} WHERE {_RECEIPTS}"""),
     "item_closings_mv": ("item_closings", f"""SELECT topic_id, source_partition, {_ITEM_KIND} AS kind, item_id, occurred_ms,
-       record_ms, event_type = 'dossier.cancelled' OR occurred_ms <= due_ms AS in_time
+       record_ms, (event_type = 'dossier.cancelled' OR occurred_ms <= due_ms) AS in_time
 FROM {{source}} WHERE {_CLOSINGS}"""),
 }
 

@@ -17,11 +17,11 @@ HOUR = 3_600_000
 T0 = 1_790_000_000_000
 
 
-def service_row(event_id, event_type, item_id, occurred_ms, due_ms=0, partition=0, agency="SO-TNMT"):
+def service_row(event_id, event_type, item_id, occurred_ms, due_ms=0, partition=0):
     row = dict.fromkeys(SERVICE_RAW_COLUMNS, "")
     row.update(
         event_id=event_id, event_type=event_type, item_id=item_id, occurred_ms=occurred_ms, due_ms=due_ms,
-        province="01", agency=agency, procedure_code="1.001" if event_type.startswith("dossier") else "",
+        province="01", agency="SO-TNMT", procedure_code="1.001" if event_type.startswith("dossier") else "",
         on_time=0, digitized=None, amount_vnd=0, satisfied=None, topic_id="topic-a", source_partition=partition,
         source_offset=int(event_id[1:]), item_index=0, record_ms=occurred_ms,
     )
