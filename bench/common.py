@@ -53,3 +53,68 @@ def produce(settings, events, per_record: int) -> int:
     producer.flush()
     producer.close()
     return records
+
+
+class CpuUse:
+    """CPU time spent on the machine, sampled in the background, to say what an event costs.
+
+    Every `interval_s` it reads the machine's busy time (/proc/stat) and the CPU time of named
+    processes with their descendants (/proc/PID/stat). `between(t0, t1)` gives the seconds of CPU
+    each used between two `time.monotonic()` instants (the nearest samples), "machine" included.
+    """
+
+    def __init__(self, pids: dict, interval_s: float = 0.1):
+        import threading
+
+        self.pids = {name: pid for name, pid in pids.items() if pid}
+        self.own = {}  # name -> pid counted without its descendants
+        self.interval_s = interval_s
+        self.samples: list = []
+        self._tick = os.sysconf("SC_CLK_TCK")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cpu-use", daemon=True)
+        self._thread.start()
+
+    def _machine(self) -> float:
+        with open("/proc/stat") as stat:
+            fields = [int(v) for v in stat.readline().split()[1:]]
+        # user nice system idle iowait irq softirq steal: busy is all but idle and iowait
+        return (sum(fields[:8]) - fields[3] - fields[4]) / self._tick
+
+    def track(self, name: str, pid: int, descendants: bool = True) -> None:
+        """Also sample this process from now on (with or without its descendants)."""
+        (self.pids if descendants else self.own)[name] = pid
+
+    def _tree(self, pid: int, descendants: bool = True) -> float:
+        total = 0.0
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            total = (int(fields[11]) + int(fields[12])) / self._tick
+            if not descendants:
+                return total
+            for task in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{task}/children") as children:
+                    total += sum(self._tree(int(child)) for child in children.read().split())
+        except (OSError, ValueError, IndexError):
+            pass
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            used = {"machine": self._machine()}
+            used.update((name, self._tree(pid)) for name, pid in list(self.pids.items()))
+            used.update((name, self._tree(pid, descendants=False)) for name, pid in list(self.own.items()))
+            self.samples.append((time.monotonic(), used))
+            self._stop.wait(self.interval_s)
+
+    def _at(self, instant: float) -> dict:
+        return min(self.samples, key=lambda sample: abs(sample[0] - instant))[1]
+
+    def between(self, t0: float, t1: float) -> dict:
+        before, after = self._at(t0), self._at(t1)
+        return {name: max(0.0, after.get(name, 0.0) - before.get(name, 0.0)) for name in after}
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()

@@ -28,7 +28,7 @@ def main():
 
     def done():
         elapsed = time.monotonic() - state["first"]
-        print(json.dumps({"events": state["events"], "seconds": elapsed}), flush=True)
+        print(json.dumps({"events": state["events"], "seconds": elapsed, "first": state["first"]}), flush=True)
         os._exit(0)
 
     @app.agent(source)

@@ -26,7 +26,7 @@ def main():
             state["first"] = time.monotonic()
         state["events"] += 1
         if state["events"] >= total or time.monotonic() - state["first"] > time_limit:
-            print(json.dumps({"events": state["events"], "seconds": time.monotonic() - state["first"]}), flush=True)
+            print(json.dumps({"events": state["events"], "seconds": time.monotonic() - state["first"], "first": state["first"]}), flush=True)
             os._exit(0)
 
     def event_time(value, key, timestamp, headers):

@@ -40,7 +40,7 @@ import msgspec  # noqa: E402
 from kafka import KafkaConsumer, TopicPartition  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
-from bench.common import make_events, produce  # noqa: E402
+from bench.common import CpuUse, make_events, produce  # noqa: E402
 from opscentre.clickhouse import connect  # noqa: E402
 from opscentre.embedded import EmbeddedBroker  # noqa: E402
 from opscentre.events import AnyEvent, to_millis  # noqa: E402
@@ -75,10 +75,12 @@ def _worker_progress(port: int) -> tuple[float, float]:
     return consumed, stored_rows
 
 
-def project_worker(bootstrap, clickhouse_url, events, per_record) -> dict:
+def project_worker(bootstrap, clickhouse_url, events, per_record, cpu) -> dict:
     pipeline = Pipeline(bootstrap, clickhouse_url, Path(tempfile.mkdtemp()))
     produce(pipeline.settings, events, per_record)
     worker = pipeline.start_worker()
+    cpu.track("worker process", worker.process.pid, descendants=False)
+    cpu.track("worker and writer", worker.process.pid)
     store = connect(pipeline.settings.clickhouse)
     first = None
     try:
@@ -97,7 +99,7 @@ def project_worker(bootstrap, clickhouse_url, events, per_record) -> dict:
         assert stored(store) >= len(events)
         minute_rows = store.query(f"SELECT count() FROM {store.table('service_minute')}")[0][0]
         assert minute_rows > 0
-        return {"events": len(events), "seconds": seconds}
+        return {"events": len(events), "seconds": seconds, "first": first}
     finally:
         worker.stop()
 
@@ -145,7 +147,7 @@ def plain_same_work(settings, clickhouse_url, total) -> dict:
                 in_flight = executor.submit(write, processor.prepare())
                 last_snapshot = time.monotonic()
         processor.commit(in_flight.result())
-        return {"events": stored(store), "seconds": time.monotonic() - first}
+        return {"events": stored(store), "seconds": time.monotonic() - first, "first": first}
     finally:
         consumer.close()
         writer.close()
@@ -177,7 +179,7 @@ def plain_loop(settings, clickhouse_url, total) -> dict:
     store.insert("plain_minute", ["window_start", "province", "agency", "events"],
                  [[k[0] for k, _ in rows], [k[1] for k, _ in rows], [k[2] for k, _ in rows], [v for _, v in rows]])
     consumer.close()
-    return {"events": seen, "seconds": time.monotonic() - first}
+    return {"events": seen, "seconds": time.monotonic() - first, "first": first}
 
 
 def subprocess_baseline(script, settings, total, time_limit, name) -> dict:
@@ -214,6 +216,8 @@ def main() -> None:
         server = ClickHouseServer().start()
     url = (lambda db: f"{clickhouse.rstrip('/')}/{db}") if clickhouse else server.url
 
+    cpu = CpuUse({"clickhouse": server.process.pid if server else None,
+                  "broker": broker.process.pid if broker else None})
     service = [e for e in make_events(int(args.events * 1.07)) if e["event_type"] != "security.alert"][: args.events]
     singles = service[: args.single_events]
     results = []
@@ -232,10 +236,12 @@ def main() -> None:
                 return
             print(f"… {name}", file=sys.stderr, flush=True)
             outcome = fn()
+            if "first" in outcome:
+                outcome["cpu"] = cpu.between(outcome["first"], outcome["first"] + outcome["seconds"])
             results.append((name, data, outcome))
 
         run("project worker (end to end)", f"batched x{args.per_record}",
-            lambda: project_worker(bootstrap, url("bench_worker"), service, args.per_record))
+            lambda: project_worker(bootstrap, url("bench_worker"), service, args.per_record, cpu))
         run("plain loop, worker's work", f"batched x{args.per_record}",
             lambda: plain_same_work(batched.settings, url("bench_plain_same"), len(service)))
         run("plain loop, decode and count", f"batched x{args.per_record}",
@@ -245,10 +251,11 @@ def main() -> None:
         run("Quix Streams tumbling window", f"batched x{args.per_record}",
             lambda: subprocess_baseline("quix_app.py", batched.settings, len(service), args.time_limit, "quix"))
         run("project worker (end to end)", "single events",
-            lambda: project_worker(bootstrap, url("bench_worker_single"), singles, 1))
+            lambda: project_worker(bootstrap, url("bench_worker_single"), singles, 1, cpu))
         run("naive Faust agent + Table", "single events",
             lambda: subprocess_baseline("naive_faust.py", single.settings, len(singles), args.time_limit, "faust1"))
     finally:
+        cpu.stop()
         if server:
             server.stop()
         if broker:
@@ -256,15 +263,41 @@ def main() -> None:
 
     worker_rates = {data: o["events"] / o["seconds"] for name, data, o in results
                     if name.startswith("project worker") and "error" not in o}
-    print(f"\n{'what':<32} {'records':<14} {'events':>9} {'seconds':>8} {'events/s':>10} {'worker ÷':>9}")
+    print(f"\n{'what':<32} {'records':<14} {'events':>9} {'seconds':>8} {'events/s':>10} {'worker ÷':>9} {'CPU µs/event':>13}")
     for name, data, outcome in results:
         if "error" in outcome:
             print(f"{name:<32} {data:<14} failed: {outcome['error']}")
             continue
         rate = outcome["events"] / outcome["seconds"]
         worker = worker_rates.get(data)
-        ratio = f"{worker / rate:>9.2f}" if worker and not name.startswith("project worker") else ""
-        print(f"{name:<32} {data:<14} {outcome['events']:>9,} {outcome['seconds']:>8.1f} {rate:>10,.0f} {ratio}")
+        ratio = f"{worker / rate:>9.2f}" if worker and not name.startswith("project worker") else f"{'':>9}"
+        used = outcome.get("cpu", {}).get("machine")
+        per_event = f"{used / outcome['events'] * 1e6:>13.1f}" if used is not None else ""
+        print(f"{name:<32} {data:<14} {outcome['events']:>9,} {outcome['seconds']:>8.1f} {rate:>10,.0f} {ratio} {per_event}")
+    print_cpu_shares(results)
+
+
+def print_cpu_shares(results) -> None:
+    """Where each row's CPU went: the measured code (and whatever else ran), ClickHouse, the broker.
+    The machine has os.cpu_count() cores: at full use it can afford that many CPU-seconds a second,
+    which bounds events/s at cores ÷ (CPU µs per event)."""
+    cores = os.cpu_count()
+    print(f"\nCPU per event, µs (machine: {cores} cores; cores ÷ µs = the rate at which they would be full)")
+    print(f"{'what':<32} {'records':<14} {'measured':>9} {'ClickHouse':>11} {'broker':>7} {'machine':>8} {'cores busy':>11} {'full at ev/s':>13}")
+    for name, data, outcome in results:
+        used = outcome.get("cpu")
+        if not used:
+            continue
+        events, seconds = outcome["events"], outcome["seconds"]
+        machine, clickhouse, broker = used["machine"], used.get("clickhouse", 0.0), used.get("broker", 0.0)
+        measured = max(0.0, machine - clickhouse - broker)
+        print(f"{name:<32} {data:<14} {measured / events * 1e6:>9.1f} {clickhouse / events * 1e6:>11.1f} "
+              f"{broker / events * 1e6:>7.1f} {machine / events * 1e6:>8.1f} {machine / seconds:>11.2f} "
+              f"{cores * events / machine if machine else 0:>13,.0f}")
+        if "worker process" in used:
+            main, both = used["worker process"], used["worker and writer"]
+            print(f"{'':<4}worker process {main / events * 1e6:.1f} µs/event ({main / seconds:.2f} cores), "
+                  f"writer process {(both - main) / events * 1e6:.1f} µs/event ({(both - main) / seconds:.2f} cores)")
 
 
 if __name__ == "__main__":
