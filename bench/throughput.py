@@ -294,7 +294,7 @@ def print_cpu_shares(results) -> None:
         print(f"{name:<32} {data:<14} {measured / events * 1e6:>9.1f} {clickhouse / events * 1e6:>11.1f} "
               f"{broker / events * 1e6:>7.1f} {machine / events * 1e6:>8.1f} {machine / seconds:>11.2f} "
               f"{cores * events / machine if machine else 0:>13,.0f}")
-        if "worker process" in used:
+        if name.startswith("project worker") and "worker process" in used:
             main, both = used["worker process"], used["worker and writer"]
             print(f"{'':<4}worker process {main / events * 1e6:.1f} µs/event ({main / seconds:.2f} cores), "
                   f"writer process {(both - main) / events * 1e6:.1f} µs/event ({(both - main) / seconds:.2f} cores)")

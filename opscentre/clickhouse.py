@@ -60,8 +60,8 @@ class Store:
     def query(self, sql: str) -> list[tuple]:
         raise NotImplementedError
 
-    def insert(self, table: str, columns: list[str], data: list[list]) -> None:
-        """Insert column-oriented data (one list per column) into database.table."""
+    def insert(self, table: str, columns: list[str], data: list) -> None:
+        """Insert column-oriented data (one sequence per column, list or tuple) into database.table."""
         raise NotImplementedError
 
     def server_version(self) -> tuple[int, ...]:
@@ -119,7 +119,7 @@ class NativeStore(Store):
     def query(self, sql: str) -> list[tuple]:
         return [tuple(row) for row in self._run(sql)]
 
-    def insert(self, table: str, columns: list[str], data: list[list]) -> None:
+    def insert(self, table: str, columns: list[str], data: list) -> None:
         if not data or not data[0]:
             return
         self._run(
@@ -181,7 +181,7 @@ class ChdbStore(Store):
             return []
         return [tuple(row) for row in json.loads(raw)["data"]]
 
-    def insert(self, table: str, columns: list[str], data: list[list]) -> None:
+    def insert(self, table: str, columns: list[str], data: list) -> None:
         if not data or not data[0]:
             return
         import pyarrow as pa
@@ -293,7 +293,7 @@ class ChdbRemote(Store):
     def execute(self, sql: str) -> None:
         raise StoreError(f"{self.path} is held by another process: read-only access")
 
-    def insert(self, table: str, columns: list[str], data: list[list]) -> None:
+    def insert(self, table: str, columns: list[str], data: list) -> None:
         self.execute("")
 
 

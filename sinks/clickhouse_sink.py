@@ -102,7 +102,8 @@ class WriteBatch:
 
 
 def _columns(rows: list, width: int) -> list:
-    return [list(column) for column in zip(*rows)] if rows else [[] for _ in range(width)]
+    # Tuples as zip makes them: the driver copies each column into its blocks anyway.
+    return list(zip(*rows)) if rows else [() for _ in range(width)]
 
 
 def record_write(stats) -> int:
