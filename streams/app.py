@@ -68,8 +68,6 @@ def build_app(settings: Settings, processor: Processor, writer=None) -> faust.Ap
         stream_buffer_maxsize=max(4096, settings.flush_max_records * 2),
     )
     source = app.topic(*settings.event_topics, key_serializer="raw", value_serializer="raw")
-    dead_letters = app.topic(settings.dead_letter_topic, key_serializer="raw", value_serializer="raw")
-    alerts_topic = app.topic(settings.alerts_topic, key_serializer="raw", value_serializer="raw")
     alert_partitions = partition_count(bootstrap, settings.alerts_topic)
     processor.published_since = lambda partition, offset: keys_since(
         bootstrap, settings.alerts_topic, partition % alert_partitions, offset)
@@ -112,12 +110,17 @@ def build_app(settings: Settings, processor: Processor, writer=None) -> faust.Ap
         rows = processor.take_unpublished()
         if not rows:
             return
-        sent = [
-            await alerts_topic.send(key=key, value=value, partition=partition % alert_partitions)
-            for partition, key, value in alert_messages(rows)
-        ]
-        await app.producer.flush()
-        processor.mark_published(rows, [(await future).offset for future in sent])
+        sent = await send_and_flush(settings.alerts_topic, [
+            (key, value, partition % alert_partitions) for partition, key, value in alert_messages(rows)])
+        processor.mark_published(rows, [metadata.offset for metadata in sent])
+
+    async def send_and_flush(topic: str, messages) -> list:
+        """(key, value, partition or None) to a topic, through the app's producer itself: a Faust
+        topic's send() costs ~165 µs a message here, the producer's ~35. Returns their metadata."""
+        producer = await app.maybe_start_producer()
+        futures = [await producer.send(topic, key, value, partition, None, None) for key, value, partition in messages]
+        await producer.flush()
+        return [await future for future in futures]
 
     async def start_write(events) -> None:
         await finish_in_flight()
@@ -172,10 +175,8 @@ def build_app(settings: Settings, processor: Processor, writer=None) -> faust.Ap
                     processor.process, message.topic, message.partition, message.offset,
                     int(message.timestamp * 1000), message.value,
                 )
-                for key, value in letters:
-                    await dead_letters.send(key=key, value=value)
-                if letters:
-                    await app.producer.flush()  # dead letters are out before their record is acknowledged
+                if letters:  # out before their record is acknowledged
+                    await send_and_flush(settings.dead_letter_topic, [(key, value, None) for key, value in letters])
                 pending.append(event)
                 if snapshot_due():
                     await snapshot_pending()
