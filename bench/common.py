@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -64,8 +65,6 @@ class CpuUse:
     """
 
     def __init__(self, pids: dict, interval_s: float = 0.1):
-        import threading
-
         self.pids = {name: pid for name, pid in pids.items() if pid}
         self.own = {}  # name -> pid counted without its descendants
         self.interval_s = interval_s

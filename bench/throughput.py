@@ -16,6 +16,9 @@ party sends), then times, one after the other:
 - Quix Streams with a 1-minute tumbling window.
 
 Baselines that cannot finish within --time-limit report the rate they reached.
+Beside each rate it prints the CPU the machine spent per event over that row's timed
+interval, split into ClickHouse, the broker and the rest (the measured code; for the
+worker, its own process and its writer process), from /proc.
 """
 
 from __future__ import annotations
