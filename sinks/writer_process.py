@@ -18,6 +18,7 @@ import signal
 import msgspec
 
 from opscentre.clickhouse import StoreError, StoreUnavailable, connect
+from opscentre.memory import return_freed_memory
 
 from .clickhouse_sink import ClickHouseSink, WriteBatch, record_write
 
@@ -30,6 +31,7 @@ _encode = msgspec.msgpack.Encoder().encode
 
 def _serve(url: str, timeout_s: float, conn) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when to stop
+    return_freed_memory()
     # Decoded rows are short-lived and hold no cycles; the collector walking them cost more than
     # decoding. It runs once per batch instead, after the rows are gone, over every generation
     # (cycles made by the driver would otherwise pile up in the oldest), start-up's objects frozen.

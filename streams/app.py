@@ -29,6 +29,7 @@ from opscentre.kafka import (
     partition_count,
     topic_ids,
 )
+from opscentre.memory import return_freed_memory
 from opscentre.provinces import load_provinces
 from opscentre.settings import Settings
 from opscentre.telemetry import serve_metrics
@@ -214,6 +215,7 @@ def run_worker(settings: Settings, loglevel: str = "warning") -> None:
     """Start the worker; returns when it is stopped (SIGINT/SIGTERM)."""
     from faust.worker import Worker
 
+    return_freed_memory()
     bootstrap = settings.require_kafka()
     store = connect(settings.require_clickhouse(), settings.clickhouse_timeout_s)
     migrate(store)

@@ -1,0 +1,36 @@
+"""Keep a long-running process's resident memory close to what it actually holds.
+
+The worker rebuilds numpy arrays of megabytes as they merge (sealed tenths of remembered ids,
+segments of open items). After the first such block is freed, glibc raises its mmap threshold
+(up to 32 MiB) and serves later ones from the heap, where the holes they leave keep the
+resident size up; every thread that allocates also gets an arena of its own (Faust's consumer
+thread, the writer hand-off). Fixed thresholds keep large blocks in mmap, given back when freed,
+and let the heap's top be trimmed; two arenas are enough for a process whose work is one thread.
+
+Measured at 5,000 events/s over 1,400 s, from 720 s on (state full): the worker's main process
+held 258-292 MB with glibc's defaults, 232-258 MB with these settings, and gave memory back
+towards the end (246 MB at 1,400 s); main and writer processes 333-368 MB against 301-326 MB.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
+_BLOCK_BYTES = 128 * 1024
+_ARENAS = 2
+
+
+def return_freed_memory() -> bool:
+    """Set glibc's allocator up as described above; False where the C library is not glibc."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    return all(mallopt(param, value) == 1 for param, value in (
+        (_M_MMAP_THRESHOLD, _BLOCK_BYTES), (_M_TRIM_THRESHOLD, _BLOCK_BYTES), (_M_ARENA_MAX, _ARENAS)))
