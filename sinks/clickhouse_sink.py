@@ -1,7 +1,8 @@
 """Batched, idempotent writes into ClickHouse, and the reads a worker needs to resume.
 
-A flush is a sequence of columnar inserts: raw events, accepted ids,
-rejections, then the per-minute rows last. The per-minute rows carry the
+A flush is a sequence of columnar inserts: raw events (ClickHouse copies
+their accepted ids into seen_event_ids), rejections, alerts, then the
+per-minute rows last. The per-minute rows carry the
 version (source offset) that tells a resuming worker what is already counted,
 so they must only land once everything before them has.
 """
@@ -39,7 +40,6 @@ SECURITY_RAW_COLUMNS = (
     "action", "sensor", "dst_asset", "src_ip", "rule_id", "technique", "count",
     "topic_id", "source_partition", "source_offset", "item_index", "record_ms",
 )
-SEEN_COLUMNS = ("topic_id", "source_partition", "record_ms", "source_offset", "event_id")
 ALERT_COLUMNS = (
     "alert_id", "type", "kind", "item_id", "item_ref", "province", "agency", "procedure_code", "due_ms",
     "detected_ms", "replayed", "published", "published_offset", "topic_id", "source_partition", "source_offset",
@@ -77,19 +77,14 @@ class WriteBatch:
 
     def inserts(self):
         """(table, column names, columns, row count) to insert, in order: per-minute rows last
-        (see module docstring). Accepted ids are columns of the raw rows, not rows of their own."""
-        service = _columns(self.service_raw, len(SERVICE_RAW_COLUMNS))
-        security = _columns(self.security_raw, len(SECURITY_RAW_COLUMNS))
-        seen = [
-            service[SERVICE_RAW_COLUMNS.index(name)] + security[SECURITY_RAW_COLUMNS.index(name)]
-            for name in SEEN_COLUMNS
-        ]
+        (see module docstring)."""
         return [
             (table, names, columns, count)
             for table, names, columns, count in (
-                ("service_events", SERVICE_RAW_COLUMNS, service, len(self.service_raw)),
-                ("security_events", SECURITY_RAW_COLUMNS, security, len(self.security_raw)),
-                ("seen_event_ids", SEEN_COLUMNS, seen, len(self.service_raw) + len(self.security_raw)),
+                ("service_events", SERVICE_RAW_COLUMNS, _columns(self.service_raw, len(SERVICE_RAW_COLUMNS)),
+                 len(self.service_raw)),
+                ("security_events", SECURITY_RAW_COLUMNS, _columns(self.security_raw, len(SECURITY_RAW_COLUMNS)),
+                 len(self.security_raw)),
                 ("rejected_events", REJECTED_COLUMNS, _columns(self.rejected, len(REJECTED_COLUMNS)), len(self.rejected)),
                 ("alerts", ALERT_COLUMNS, _columns(self.alerts, len(ALERT_COLUMNS)), len(self.alerts)),
                 ("service_minute", SERVICE_MINUTE.columns, _columns(self.service_minute, len(SERVICE_MINUTE.columns)),

@@ -17,7 +17,7 @@ from __future__ import annotations
 from opscentre.clickhouse import Store
 from opscentre.measures import SECURITY_COUNTERS, SERVICE_COUNTERS
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 ITEM_VIEWS_SINCE = 3  # the version that added them; databases older than it are backfilled
 
 # What the overdue tracker loads (streams.overdue): receipts by due time and closings by item, kept
@@ -35,6 +35,13 @@ FROM {{source}} WHERE {_RECEIPTS}"""),
        record_ms, (event_type = 'dossier.cancelled' OR occurred_ms <= due_ms) AS in_time
 FROM {{source}} WHERE {_CLOSINGS}"""),
 }
+
+
+# Accepted ids by arrival (see seen_event_ids), kept by ClickHouse from the raw tables instead of
+# inserted beside them: the writer encodes each id once, not twice (schema 4; earlier workers
+# inserted them, and what they stored stays).
+_SEEN = "SELECT topic_id, source_partition, record_ms, source_offset, event_id FROM {source}"
+SEEN_VIEWS = {"seen_service_ids_mv": "service_events", "seen_security_ids_mv": "security_events"}
 
 
 def _types(version: tuple[int, ...]) -> dict[str, str]:
@@ -150,7 +157,7 @@ ORDER BY (province, window_start, category, severity, action, sensor, technique,
 PARTITION BY toYYYYMM(rejected_at)
 ORDER BY (topic_id, source_partition, source_offset, item_index)""",
         # Ids of accepted events by arrival, to rebuild the de-duplication
-        # memory of a partition when a worker takes it over.
+        # memory of a partition when a worker takes it over (filled by SEEN_VIEWS).
         f"""CREATE TABLE IF NOT EXISTS {db}.seen_event_ids (
     topic_id {lc},
     source_partition UInt16,
@@ -266,6 +273,9 @@ def migrate(store: Store) -> int:
     for view, (target, select) in ITEM_VIEWS.items():
         store.execute(f"CREATE MATERIALIZED VIEW IF NOT EXISTS {store.table(view)} TO {store.table(target)} AS "
                       + select.format(source=store.table("service_events")))
+    for view, source in SEEN_VIEWS.items():
+        store.execute(f"CREATE MATERIALIZED VIEW IF NOT EXISTS {store.table(view)} TO {store.table('seen_event_ids')} AS "
+                      + _SEEN.format(source=store.table(source)))
     applied = {int(v) for (v,) in store.query(f"SELECT version FROM {store.table('schema_migrations')}")}
     if ITEM_VIEWS_SINCE not in applied:
         # Events stored before the views existed are copied once. Events a worker stores meanwhile

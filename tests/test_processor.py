@@ -14,6 +14,9 @@ SETTINGS = Settings(topic_prefix="t")
 TOPIC = SETTINGS.service_topic
 
 
+SEEN_COLUMNS = ("topic_id", "source_partition", "record_ms", "source_offset", "event_id")
+
+
 class MemorySink:
     """Keeps the newest version of every minute row, like ReplacingMergeTree ... FINAL."""
 
@@ -29,8 +32,8 @@ class MemorySink:
 
             raise StoreUnavailable("down")
         for table, names, columns, _ in batch.inserts():
-            if table == "seen_event_ids":
-                self.seen += list(zip(*columns))
+            if table.endswith("_events"):  # what seen_event_ids takes from the raw rows
+                self.seen += list(zip(*(columns[names.index(name)] for name in SEEN_COLUMNS)))
             if not table.endswith("_minute"):
                 continue
             dims = names.index("topic_id") - 1
