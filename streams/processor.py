@@ -94,12 +94,14 @@ class Snapshot(NamedTuple):
 class Row:
     """One (minute, dimensions) row of a partition: counts and the version stored in ClickHouse."""
 
-    __slots__ = ("counters", "version", "needs_base")
+    __slots__ = ("counters", "version", "needs_base", "unknown_agency")
 
     def __init__(self, width: int, version: int = -1, needs_base: bool = False):
         self.counters = [0] * width
         self.version = version  # highest source offset whose effect is stored (-1: nothing known)
         self.needs_base = needs_base  # stored counts may exist and must be added before writing
+        # Service rows: the agency is not in the catalogue. Asked once per row, not per event.
+        self.unknown_agency = False
 
 
 class PartitionState:
@@ -263,12 +265,15 @@ class Processor:
             event_id = event.event_id
             window = occurred_ms // 60000 * 60
             key = (window, event.province, event.agency)
-            row = rows.get(key) or state.new_row(key, N_SERVICE)
+            row = rows.get(key)
+            if row is None:
+                row = state.new_row(key, N_SERVICE)
+                row.unknown_agency = not knows_agency(event.province, event.agency)
             if offset <= row.version:
                 continue
             c = row.counters
             c[0] += 1
-            if not knows_agency(event.province, event.agency):
+            if row.unknown_agency:
                 unknown_agency[event.province] = unknown_agency.get(event.province, 0) + 1
             due_ms = on_time = amount = 0
             item_id = procedure = service_level = channel = result = method = direction = applicant = ""
@@ -489,6 +494,8 @@ class Processor:
         for key, (counters, version) in snapshot.rows.items():
             row = Row(width, version=version)
             row.counters = counters
+            if table is SERVICE_MINUTE:
+                row.unknown_agency = not self.knows_agency(key[1], key[2])
             state.rows[key] = row
             state.stored_through = max(state.stored_through, version)
         state.max_window = state.stored_up_to = snapshot.max_window
