@@ -1,6 +1,7 @@
 """Open items the overdue tracker loads from ClickHouse: receipts due in a range, less closed and alerted
 ones, and the closings a take-over remembers, on ClickHouse 18.16 and chDB, for a new database and one
-upgraded from before the item views."""
+upgraded from before the item views; and the accepted ids a take-over reloads, in a database upgraded
+from before ClickHouse copied them."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from opscentre.clickhouse import connect, with_database
-from sinks.clickhouse_sink import SERVICE_RAW_COLUMNS, ClickHouseSink, WriteBatch
-from sinks.schema import ITEM_VIEWS, migrate
+from sinks.clickhouse_sink import SERVICE_MINUTE, SERVICE_RAW_COLUMNS, ClickHouseSink, WriteBatch
+from sinks.schema import ITEM_VIEWS, SCHEMA_VERSION, SEEN_VIEWS, migrate
 
 HOUR = 3_600_000
 T0 = 1_790_000_000_000
@@ -109,7 +110,7 @@ def a_database_from_before_the_item_views_is_backfilled_once(store):
     sink = ClickHouseSink(store)
     sink.write_rows(WriteBatch(service_raw=history()))  # stored by a worker of schema 2
 
-    assert migrate(store) == 3
+    assert migrate(store) == SCHEMA_VERSION
     assert open_items(sink, None, T0 + 6 * HOUR) == EXPECTED_0_TO_6H
     receipts = store.query(f"SELECT count() FROM {store.table('item_receipts')}")[0][0]
     migrate(store)
@@ -118,8 +119,27 @@ def a_database_from_before_the_item_views_is_backfilled_once(store):
     assert ("dossier", "HS-20", T0 + 2 * HOUR, "01", "SO-TNMT", "1.001") in open_items(sink, None, T0 + 6 * HOUR)
 
 
+def accepted_ids_stored_before_the_seen_views_are_kept_and_new_ones_copied(store):
+    migrate(store)
+    for view in SEEN_VIEWS:
+        store.execute(f"DROP TABLE {store.table(view)}")
+    sink = ClickHouseSink(store)
+    old = [service_row(f"e{n}", "dossier.received", f"HS-{n}", T0 + n, T0 + HOUR) for n in (1, 2)]
+    sink.write_rows(WriteBatch(service_raw=old))  # a worker of schema 3 stored its ids itself
+    store.insert("seen_event_ids", ["topic_id", "source_partition", "record_ms", "source_offset", "event_id"],
+                 [["topic-a"] * 2, [0, 0], [T0 + 1, T0 + 2], [1, 2], ["e1", "e2"]])
+
+    assert migrate(store) == SCHEMA_VERSION
+    sink.write_rows(WriteBatch(service_raw=[service_row("e3", "dossier.received", "HS-3", T0 + 3, T0 + HOUR)]))
+    taken_over = sink.load_partition(SERVICE_MINUTE, "topic-a", 0, first_offset=4, first_record_ms=T0 + 10,
+                                     horizon_ms=HOUR)
+    assert taken_over.seen == [("e1", T0 + 1), ("e2", T0 + 2), ("e3", T0 + 3)]
+    assert sink.load_partition(SERVICE_MINUTE, "topic-a", 0, 3, T0 + 10, HOUR).seen == [("e1", T0 + 1), ("e2", T0 + 2)]
+
+
 CHECKS = [open_items_are_receipts_due_in_the_range_not_closed_in_time_nor_alerted,
-          a_database_from_before_the_item_views_is_backfilled_once]
+          a_database_from_before_the_item_views_is_backfilled_once,
+          accepted_ids_stored_before_the_seen_views_are_kept_and_new_ones_copied]
 
 if __name__ == "__main__":
     for number, check in enumerate(CHECKS):
