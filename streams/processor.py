@@ -206,8 +206,8 @@ class Processor:
         self.unpublished: list = []  # stored alert rows (ALERT_COLUMNS) not yet on the alerts topic
         # {alert_id: offset} of alerts on the alerts topic partition from an offset on (set by the worker).
         self.published_since = lambda partition, offset: {}
-        # Set by the worker while a snapshot is written in a thread: taking a partition
-        # over must see every stored row, so it waits for that write first.
+        # Set by the worker while a snapshot is written in a thread: a partition rewound must
+        # see every stored row, so it waits for that write first.
         self.wait_for_writes = lambda: None
 
     # -- records -------------------------------------------------------------------------
@@ -480,8 +480,11 @@ class Processor:
 
     def _take_over(self, topic: str, partition: int, offset: int, record_ms: int) -> PartitionState:
         """Load a partition's stored state before its first record (or after a rewind)."""
-        self.wait_for_writes()
         if (topic, partition) in self.partitions:
+            # A rewind: the snapshot being written may hold this partition's rows, and what is
+            # reloaded must include them. A partition taken over fresh has none in it (a revoked
+            # one is released only once its rows are stored): no need to wait for the write.
+            self.wait_for_writes()
             self.flush()
         kind = self.kinds.get(topic)
         if kind is None:
