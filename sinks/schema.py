@@ -40,7 +40,8 @@ FROM {{source}} WHERE {_CLOSINGS}"""),
 # Accepted ids by arrival (see seen_event_ids), kept by ClickHouse from the raw tables instead of
 # inserted beside them: the writer encodes each id once, not twice (schema 4; earlier workers
 # inserted them, and what they stored stays).
-_SEEN = "SELECT topic_id, source_partition, record_ms, source_offset, event_id FROM {source}"
+SEEN_COLUMNS = ("topic_id", "source_partition", "record_ms", "source_offset", "event_id")
+_SEEN = f"SELECT {', '.join(SEEN_COLUMNS)} FROM {{source}}"
 SEEN_VIEWS = {"seen_service_ids_mv": "service_events", "seen_security_ids_mv": "security_events"}
 
 

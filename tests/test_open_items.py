@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 
 from opscentre.clickhouse import connect, with_database
 from sinks.clickhouse_sink import SERVICE_MINUTE, SERVICE_RAW_COLUMNS, ClickHouseSink, WriteBatch
-from sinks.schema import ITEM_VIEWS, SCHEMA_VERSION, SEEN_VIEWS, migrate
+from sinks.schema import ITEM_VIEWS, SCHEMA_VERSION, SEEN_COLUMNS, SEEN_VIEWS, migrate
 
 HOUR = 3_600_000
 T0 = 1_790_000_000_000
@@ -126,8 +126,7 @@ def accepted_ids_stored_before_the_seen_views_are_kept_and_new_ones_copied(store
     sink = ClickHouseSink(store)
     old = [service_row(f"e{n}", "dossier.received", f"HS-{n}", T0 + n, T0 + HOUR) for n in (1, 2)]
     sink.write_rows(WriteBatch(service_raw=old))  # a worker of schema 3 stored its ids itself
-    store.insert("seen_event_ids", ["topic_id", "source_partition", "record_ms", "source_offset", "event_id"],
-                 [["topic-a"] * 2, [0, 0], [T0 + 1, T0 + 2], [1, 2], ["e1", "e2"]])
+    store.insert("seen_event_ids", list(SEEN_COLUMNS), [["topic-a"] * 2, [0, 0], [T0 + 1, T0 + 2], [1, 2], ["e1", "e2"]])
 
     assert migrate(store) == SCHEMA_VERSION
     sink.write_rows(WriteBatch(service_raw=[service_row("e3", "dossier.received", "HS-3", T0 + 3, T0 + HOUR)]))

@@ -8,13 +8,11 @@ import json
 from opscentre.settings import Settings
 from producers.simulator import Simulator
 from sinks.clickhouse_sink import PartitionSnapshot
+from sinks.schema import SEEN_COLUMNS
 from streams.processor import Processor
 
 SETTINGS = Settings(topic_prefix="t")
 TOPIC = SETTINGS.service_topic
-
-
-SEEN_COLUMNS = ("topic_id", "source_partition", "record_ms", "source_offset", "event_id")
 
 
 class MemorySink:
