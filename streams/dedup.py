@@ -79,6 +79,13 @@ class RecentIds:
 
         An id of None is not looked at and comes back False (an event rejected for another reason).
         """
+        return self._admit(ids, [0 if i is None else hash(i) for i in ids], ts_ms)
+
+    def admit_keys(self, keys: list, ts_ms: int) -> list:
+        """admit() for callers that already hold hash(id) of each id (none of them None)."""
+        return self._admit(keys, keys, ts_ms)
+
+    def _admit(self, ids: list, hashes: list, ts_ms: int) -> list:
         start = ts_ms - ts_ms % self.bucket_ms
         if start != self._pending_start:
             self._seal()
@@ -87,7 +94,6 @@ class RecentIds:
         elif len(self._pending) >= SEAL_AT:
             self._seal()
         horizon = self.horizon_ms
-        hashes = [0 if i is None else hash(i) for i in ids]
         old = self._in_sealed(hashes, ts_ms - horizon)
         pending = self._pending
         fresh = []
@@ -105,7 +111,10 @@ class RecentIds:
 
     def known(self, ids: list, ts_ms: int) -> list:
         """For each id, whether it was remembered within the horizon before `ts_ms`; remembers nothing."""
-        hashes = [hash(i) for i in ids]
+        return self.known_keys([hash(i) for i in ids], ts_ms)
+
+    def known_keys(self, hashes: list, ts_ms: int) -> list:
+        """known() for callers that already hold hash(id) of each id."""
         earliest = ts_ms - self.horizon_ms
         found = self._in_sealed(hashes, earliest)
         pending = self._pending

@@ -29,6 +29,7 @@ items, when a newer one grows to half the size of the one before it.
 from __future__ import annotations
 
 import heapq
+from functools import partial
 from typing import NamedTuple
 
 import numpy as np
@@ -49,7 +50,12 @@ class OpenItem(NamedTuple):
     procedure_code: str
 
 
+# OpenItem(...) runs a Python-level __new__; receipts on the hot path are built at C speed.
+open_item = partial(tuple.__new__, OpenItem)
+
+
 def item_key(kind: str, item_id: str) -> int:
+    """hash("kind:item_id"): also the id under which `OverdueTracker.closed` remembers a closing."""
     return hash(f"{kind}:{item_id}")
 
 
@@ -78,13 +84,20 @@ class _Segment:
     def next_due(self) -> int:
         return int(self.due[self.cursor]) if self.cursor < len(self.due) else NEVER
 
-    def find(self, queries: np.ndarray) -> np.ndarray:
-        """Positions of the live items with these hashes (-1 where none)."""
-        idx = np.searchsorted(self.hashes, queries)
-        np.minimum(idx, len(self.hashes) - 1, out=idx)
-        pos = self.by_hash[idx]
-        hit = (self.hashes[idx] == queries) & self.alive[pos]
-        return np.where(hit, pos, -1)
+    def find(self, queries: np.ndarray):
+        """(indexes into `queries`, positions) of the live items with these hashes, or None when there are none.
+
+        Most queries miss most segments, so a miss costs as few numpy calls as it can."""
+        hashes = self.hashes
+        idx = hashes.searchsorted(queries)
+        np.minimum(idx, len(hashes) - 1, out=idx)
+        hit = hashes[idx] == queries
+        if not hit.any():
+            return None
+        hit = np.flatnonzero(hit)
+        pos = self.by_hash[idx[hit]]
+        live = self.alive[pos]
+        return hit[live], pos[live]
 
     def item_id(self, pos: int) -> str:
         return self.ids[int(self.starts[pos]):int(self.starts[pos + 1])].decode()
@@ -118,7 +131,7 @@ class _Segment:
 class OverdueTracker:
     __slots__ = ("watermark", "loaded_to", "fresh", "fresh_heap", "segments", "next_due", "unloaded",
                  "closed_since_snapshot", "closed", "alerted", "horizon_ms", "_metas", "_meta_index",
-                 "_opening", "_closing", "_closed_names")
+                 "_opening", "_closing", "_closed_keys")
 
     def __init__(self, horizon_ms: int):
         self.watermark = -1
@@ -129,15 +142,15 @@ class OverdueTracker:
         self.next_due = NEVER  # nothing in memory is due before this
         self.unloaded: list = []  # OpenItem received since the last snapshot, due after loaded_to
         self.closed_since_snapshot: set = set()  # keys
-        self.closed = RecentIds(horizon_ms)  # "kind:item_id" closed lately: a late received stays closed
+        self.closed = RecentIds(horizon_ms)  # item_key() of items closed lately: a late received stays closed
         self.alerted: dict = {}  # key -> watermark when alerted
         self.horizon_ms = horizon_ms
         self._metas: list = []  # (kind, province, agency, procedure_code), interned
         self._meta_index: dict = {}
         # A record's openings and closings, settled together.
         self._opening: dict = {}  # key -> OpenItem
-        self._closing: list = []  # (key, "kind:item_id", occurred_ms, due_ms) to look up in the segments
-        self._closed_names: list = []  # "kind:item_id" closed by the record
+        self._closing: list = []  # (key, occurred_ms, due_ms) to look up in the segments
+        self._closed_keys: list = []  # keys closed by the record
 
     def __len__(self) -> int:
         return len(self.fresh) + sum(segment.live for segment in self.segments)
@@ -153,13 +166,12 @@ class OverdueTracker:
 
     def opened(self, item: OpenItem) -> None:
         """A receipt; it takes effect at settle(), after the rest of its record."""
-        self._opening[item_key(item.kind, item.item_id)] = item
+        self._opening[hash(f"{item.kind}:{item.item_id}")] = item  # item_key(), inlined: once per receipt
 
     def closed_item(self, kind: str, item_id: str, occurred_ms: int, due_ms: int | None) -> None:
         """A completion, cancellation or resolution. One that comes after the due time does not
         prevent the alert: the item was overdue before it closed."""
-        name = f"{kind}:{item_id}"
-        key = hash(name)
+        key = hash(f"{kind}:{item_id}")  # item_key(), inlined: once per closing
         item = self.fresh.get(key)
         if item is not None:
             if occurred_ms > item.due_ms:
@@ -172,20 +184,20 @@ class OverdueTracker:
                     return
                 del self._opening[key]
             elif self.segments:
-                self._closing.append((key, name, occurred_ms, due_ms))
+                self._closing.append((key, occurred_ms, due_ms))
                 return
             elif due_ms is not None and occurred_ms > due_ms:
                 return
         self.closed_since_snapshot.add(key)
-        self._closed_names.append(name)
+        self._closed_keys.append(key)
 
     def settle(self, record_ms: int) -> None:
         """Apply the record's closings and openings (call after each record)."""
         if self._closing:
             self._settle_closings()
-        if self._closed_names:
-            self.closed.admit(self._closed_names, record_ms)
-            self._closed_names = []
+        if self._closed_keys:
+            self.closed.admit_keys(self._closed_keys, record_ms)
+            self._closed_keys = []
         if not self._opening:
             return
         fresh, alerted, closed_since = self.fresh, self.alerted, self.closed_since_snapshot
@@ -197,7 +209,7 @@ class OverdueTracker:
 
     def _settle_closings(self) -> None:
         closing, self._closing = self._closing, []
-        for (key, name, occurred_ms, due_ms), found in zip(closing, self._find([c[0] for c in closing])):
+        for (key, occurred_ms, due_ms), found in zip(closing, self._find([c[0] for c in closing])):
             if found is not None:
                 segment, pos = found
                 if occurred_ms > segment.due[pos]:
@@ -206,7 +218,7 @@ class OverdueTracker:
             elif due_ms is not None and occurred_ms > due_ms:
                 continue
             self.closed_since_snapshot.add(key)
-            self._closed_names.append(name)
+            self._closed_keys.append(key)
 
     def _admit(self, candidates: dict, at_ms: int) -> None:
         """Hold new receipts if due within the loaded range, else leave them to the next load."""
@@ -226,9 +238,9 @@ class OverdueTracker:
         """(keys, items) of the candidates (key -> OpenItem, already not in `fresh`, alerted or closed
         since the snapshot) that are not live in a segment either, nor closed within the horizon."""
         keys = [key for key, found in zip(candidates, self._find(list(candidates))) if found is None]
-        items = [candidates[key] for key in keys]
-        closed = self.closed.known([f"{item.kind}:{item.item_id}" for item in items], at_ms)
-        return [k for k, c in zip(keys, closed) if not c], [i for i, c in zip(items, closed) if not c]
+        closed = self.closed.known_keys(keys, at_ms)
+        keys = [k for k, c in zip(keys, closed) if not c]
+        return keys, [candidates[key] for key in keys]
 
     def _find(self, keys: list) -> list:
         """For each key, (segment, position) of its live item in a segment, or None."""
@@ -237,9 +249,10 @@ class OverdueTracker:
             return found
         queries = np.fromiter(keys, dtype=np.int64, count=len(keys))
         for segment in self.segments:
-            positions = segment.find(queries)
-            for i in np.flatnonzero(positions >= 0).tolist():
-                found[i] = (segment, int(positions[i]))
+            hits = segment.find(queries)
+            if hits is not None:
+                for i, pos in zip(hits[0].tolist(), hits[1].tolist()):
+                    found[i] = (segment, pos)
         return found
 
     def advance(self, watermark: int) -> list:

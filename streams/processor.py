@@ -46,7 +46,7 @@ from sinks.clickhouse_sink import (
 )
 
 from .dedup import RecentIds
-from .overdue import ALERT_TYPES, OpenItem, OverdueTracker
+from .overdue import ALERT_TYPES, OpenItem, OverdueTracker, open_item
 
 log = logging.getLogger(__name__)
 
@@ -289,7 +289,7 @@ class Processor:
                 due_ms = to_millis(event.due_at)
                 if event.applicant_id is not None:
                     applicant = self.pseudonymise(event.applicant_id)
-                tracker.opened(OpenItem(due_ms, "dossier", item_id, event.province, event.agency, procedure))
+                tracker.opened(open_item((due_ms, "dossier", item_id, event.province, event.agency, procedure)))
             elif cls is DossierCompleted:
                 c[COMPLETED] += 1
                 due_ms = to_millis(event.due_at)
@@ -316,7 +316,7 @@ class Processor:
                 c[FEEDBACK_RECEIVED] += 1
                 item_id, channel = event.feedback_id, event.channel
                 due_ms = to_millis(event.due_at)
-                tracker.opened(OpenItem(due_ms, "feedback", item_id, event.province, event.agency, ""))
+                tracker.opened(open_item((due_ms, "feedback", item_id, event.province, event.agency, "")))
             elif cls is FeedbackResolved:
                 c[FEEDBACK_RESOLVED] += 1
                 due_ms = to_millis(event.due_at)
