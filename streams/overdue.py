@@ -50,7 +50,8 @@ class OpenItem(NamedTuple):
     procedure_code: str
 
 
-# OpenItem(...) runs a Python-level __new__; receipts on the hot path are built at C speed.
+# open_item((due_ms, kind, item_id, province, agency, procedure_code)): an OpenItem built at C
+# speed, for receipts on the hot path; OpenItem(...) runs a Python-level __new__ (0.24 against 0.14 µs).
 open_item = partial(tuple.__new__, OpenItem)
 
 
