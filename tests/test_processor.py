@@ -8,7 +8,7 @@ import json
 from opscentre.settings import Settings
 from producers.simulator import Simulator
 from sinks.clickhouse_sink import PartitionSnapshot
-from sinks.schema import SEEN_COLUMNS
+from sinks.schema import SEEN_COLUMNS, SEEN_VIEWS
 from streams.processor import Processor
 
 SETTINGS = Settings(topic_prefix="t")
@@ -30,7 +30,7 @@ class MemorySink:
 
             raise StoreUnavailable("down")
         for table, names, columns, _ in batch.inserts():
-            if table.endswith("_events"):  # what seen_event_ids takes from the raw rows
+            if table in SEEN_VIEWS.values():  # the raw tables seen_event_ids is copied from
                 self.seen += list(zip(*(columns[names.index(name)] for name in SEEN_COLUMNS)))
             if not table.endswith("_minute"):
                 continue
