@@ -29,6 +29,16 @@ _BATCH_FIELDS = [f.name for f in dataclasses.fields(WriteBatch)]
 _encode = msgspec.msgpack.Encoder().encode
 
 
+def _connected(url: str, timeout_s: float):
+    """A sink ready before the first batch arrives, or None (ClickHouse is down: the first write retries)."""
+    try:
+        store = connect(url, timeout_s)
+        store.query("SELECT 1")  # the connection is opened lazily
+        return ClickHouseSink(store)
+    except StoreError:
+        return None
+
+
 def _serve(url: str, timeout_s: float, conn) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when to stop
     return_freed_memory()
@@ -38,7 +48,7 @@ def _serve(url: str, timeout_s: float, conn) -> None:
     gc.disable()
     gc.freeze()
     decode = msgspec.msgpack.Decoder().decode
-    sink = None
+    sink = _connected(url, timeout_s)
     while True:
         try:
             batch = WriteBatch(*decode(conn.recv_bytes()))
@@ -67,7 +77,11 @@ class WriterProcess:
         self._process = None
         self._conn = None
 
-    def _start(self) -> None:
+    def start(self) -> None:
+        """Start the child and let it connect now: spawning it and importing the driver take ~0.4 s,
+        which the first write would otherwise wait for."""
+        if self._process is not None and self._process.is_alive():
+            return
         parent, child = self._context.Pipe()
         self._process = self._context.Process(
             target=_serve, args=(self.url, self.timeout_s, child), name="opscentre-clickhouse-writer", daemon=True,
@@ -77,8 +91,7 @@ class WriterProcess:
         self._conn = parent
 
     def write(self, batch: WriteBatch) -> int:
-        if self._process is None or not self._process.is_alive():
-            self._start()
+        self.start()
         try:
             self._conn.send_bytes(_encode([getattr(batch, name) for name in _BATCH_FIELDS]))
             status, result = self._conn.recv()

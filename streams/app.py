@@ -275,6 +275,7 @@ def run_worker(settings: Settings, loglevel: str = "warning") -> None:
     writer = None
     if not settings.clickhouse.startswith("chdb:"):
         writer = WriterProcess(settings.clickhouse, settings.clickhouse_timeout_s)
+        writer.start()
     app = build_app(settings, processor, writer)
     # Rows wait in memory between writes; with the default thresholds the collector walks them
     # again and again. Freeze what start-up allocated and collect young objects less often.
