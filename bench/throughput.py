@@ -1,6 +1,6 @@
 """Throughput of the worker against the baselines, on the same pre-produced data.
 
-    .venv/bin/python bench/throughput.py [--events 400000] [--single-events 40000] [--time-limit 60]
+    .venv/bin/python bench/throughput.py [--events 400000] [--single-events 40000] [--time-limit 60] [--repeat 3]
 
 Starts a Tansu broker and Debian's clickhouse-server on loopback (or uses
 OPSCENTRE_KAFKA / OPSCENTRE_TEST_CLICKHOUSE), pre-produces service events twice
@@ -15,7 +15,9 @@ party sends), then times, one after the other:
 - a naive Faust agent counting into a Table;
 - Quix Streams with a 1-minute tumbling window.
 
-Baselines that cannot finish within --time-limit report the rate they reached.
+Baselines that cannot finish within --time-limit report the rate they reached. With
+--repeat N every row runs N times, in rounds, and the table shows each row's median run,
+the range, and the worker's ratio to each baseline round by round.
 Beside each rate it prints the CPU the machine spent per event over that row's timed
 interval, split into ClickHouse, the broker and the rest (the measured code; for the
 worker, its own process and its writer process), from /proc.
@@ -207,6 +209,8 @@ def main() -> None:
     parser.add_argument("--per-record", type=int, default=500)
     parser.add_argument("--time-limit", type=float, default=60.0)
     parser.add_argument("--only", help="comma-separated row numbers to run (1-7), for quick comparisons")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="rounds of every row; the table shows each row's median run and the range")
     args = parser.parse_args()
 
     broker = server = None
@@ -223,7 +227,7 @@ def main() -> None:
                   "broker": broker.process.pid if broker else None})
     service = [e for e in make_events(int(args.events * 1.07)) if e["event_type"] != "security.alert"][: args.events]
     singles = service[: args.single_events]
-    results = []
+    runs: dict = {}  # row number -> (name, data, [outcome of each round])
     try:
         batched = Pipeline(bootstrap, url("bench_batched"), Path(tempfile.mkdtemp()))
         produce(batched.settings, service, args.per_record)
@@ -231,32 +235,36 @@ def main() -> None:
         produce(single.settings, singles, 1)
 
         only = {int(n) for n in args.only.split(",")} if args.only else None
-        row_number = [0]
-
-        def run(name, data, fn):
-            row_number[0] += 1
-            if only and row_number[0] not in only:
-                return
-            print(f"… {name}", file=sys.stderr, flush=True)
-            outcome = fn()
-            if "first" in outcome:
-                outcome["cpu"] = cpu.between(outcome["first"], outcome["first"] + outcome["seconds"])
-            results.append((name, data, outcome))
-
-        run("project worker (end to end)", f"batched x{args.per_record}",
-            lambda: project_worker(bootstrap, url("bench_worker"), service, args.per_record, cpu))
-        run("plain loop, worker's work", f"batched x{args.per_record}",
-            lambda: plain_same_work(batched.settings, url("bench_plain_same"), len(service)))
-        run("plain loop, decode and count", f"batched x{args.per_record}",
-            lambda: plain_loop(batched.settings, url("bench_plain"), len(service)))
-        run("naive Faust agent + Table", f"batched x{args.per_record}",
-            lambda: subprocess_baseline("naive_faust.py", batched.settings, len(service), args.time_limit, "faust"))
-        run("Quix Streams tumbling window", f"batched x{args.per_record}",
-            lambda: subprocess_baseline("quix_app.py", batched.settings, len(service), args.time_limit, "quix"))
-        run("project worker (end to end)", "single events",
-            lambda: project_worker(bootstrap, url("bench_worker_single"), singles, 1, cpu))
-        run("naive Faust agent + Table", "single events",
-            lambda: subprocess_baseline("naive_faust.py", single.settings, len(singles), args.time_limit, "faust1"))
+        rows = [
+            ("project worker (end to end)", f"batched x{args.per_record}",
+             lambda tag: project_worker(bootstrap, url(f"bench_worker{tag}"), service, args.per_record, cpu)),
+            ("plain loop, worker's work", f"batched x{args.per_record}",
+             lambda tag: plain_same_work(batched.settings, url(f"bench_plain_same{tag}"), len(service))),
+            ("plain loop, decode and count", f"batched x{args.per_record}",
+             lambda tag: plain_loop(batched.settings, url(f"bench_plain{tag}"), len(service))),
+            ("naive Faust agent + Table", f"batched x{args.per_record}",
+             lambda tag: subprocess_baseline("naive_faust.py", batched.settings, len(service), args.time_limit,
+                                             f"faust{tag}")),
+            ("Quix Streams tumbling window", f"batched x{args.per_record}",
+             lambda tag: subprocess_baseline("quix_app.py", batched.settings, len(service), args.time_limit,
+                                             f"quix{tag}")),
+            ("project worker (end to end)", "single events",
+             lambda tag: project_worker(bootstrap, url(f"bench_worker_single{tag}"), singles, 1, cpu)),
+            ("naive Faust agent + Table", "single events",
+             lambda tag: subprocess_baseline("naive_faust.py", single.settings, len(singles), args.time_limit,
+                                             f"faust1{tag}")),
+        ]
+        # Rounds, not a row's runs back to back: a drift of the machine's speed lands on every row.
+        for round_number in range(args.repeat):
+            tag = f"_{round_number}" if round_number else ""
+            for number, (name, data, run) in enumerate(rows, start=1):
+                if only and number not in only:
+                    continue
+                print(f"… {name} ({data}), round {round_number + 1} of {args.repeat}", file=sys.stderr, flush=True)
+                outcome = run(tag)
+                if "first" in outcome:
+                    outcome["cpu"] = cpu.between(outcome["first"], outcome["first"] + outcome["seconds"])
+                runs.setdefault(number, (name, data, []))[2].append(outcome)
     finally:
         cpu.stop()
         if server:
@@ -264,9 +272,20 @@ def main() -> None:
         if broker:
             broker.stop()
 
+    results, spread = [], {}
+    for name, data, outcomes in runs.values():
+        finished = sorted((o for o in outcomes if "error" not in o), key=lambda o: o["events"] / o["seconds"])
+        results.append((name, data, finished[(len(finished) - 1) // 2] if finished else outcomes[-1]))
+        if len(finished) > 1:
+            spread[(name, data)] = f"{finished[0]['events'] / finished[0]['seconds']:,.0f}–" \
+                                   f"{finished[-1]['events'] / finished[-1]['seconds']:,.0f}"
     worker_rates = {data: o["events"] / o["seconds"] for name, data, o in results
                     if name.startswith("project worker") and "error" not in o}
-    print(f"\n{'what':<32} {'records':<14} {'events':>9} {'seconds':>8} {'events/s':>10} {'worker ÷':>9} {'CPU µs/event':>13}")
+    if args.repeat > 1:
+        print(f"\nMedian run of {args.repeat} rounds per row (the slower middle one for an even count); "
+              "the last column is the range of the rounds.")
+    print(f"\n{'what':<32} {'records':<14} {'events':>9} {'seconds':>8} {'events/s':>10} {'worker ÷':>9} {'CPU µs/event':>13}"
+          + (f" {'events/s range':>16}" if spread else ""))
     for name, data, outcome in results:
         if "error" in outcome:
             print(f"{name:<32} {data:<14} failed: {outcome['error']}")
@@ -275,9 +294,30 @@ def main() -> None:
         worker = worker_rates.get(data)
         ratio = f"{worker / rate:>9.2f}" if worker and not name.startswith("project worker") else f"{'':>9}"
         used = outcome.get("cpu", {}).get("machine")
-        per_event = f"{used / outcome['events'] * 1e6:>13.1f}" if used is not None else ""
-        print(f"{name:<32} {data:<14} {outcome['events']:>9,} {outcome['seconds']:>8.1f} {rate:>10,.0f} {ratio} {per_event}")
+        per_event = f"{used / outcome['events'] * 1e6:>13.1f}" if used is not None else f"{'':>13}"
+        print(f"{name:<32} {data:<14} {outcome['events']:>9,} {outcome['seconds']:>8.1f} {rate:>10,.0f} {ratio} {per_event}"
+              + (f" {spread.get((name, data), ''):>16}" if spread else ""))
+    print_round_ratios(runs)
     print_cpu_shares(results)
+
+
+def _rate(outcome) -> float | None:
+    return None if "error" in outcome else outcome["events"] / outcome["seconds"]
+
+
+def print_round_ratios(runs) -> None:
+    """The worker ÷ each baseline within each round, where both finished: the figure a target is
+    stated in, without pairing one row's fast run with another's slow one."""
+    workers = {data: outcomes for name, data, outcomes in runs.values() if name.startswith("project worker")}
+    lines = []
+    for name, data, outcomes in runs.values():
+        if name.startswith("project worker") or data not in workers or len(outcomes) < 2:
+            continue
+        ratios = [f"{_rate(w) / _rate(o):.2f}" for w, o in zip(workers[data], outcomes) if _rate(w) and _rate(o)]
+        if ratios:
+            lines.append(f"{'':<4}worker ÷ {name} ({data}), round by round: {', '.join(ratios)}")
+    if lines:
+        print("\n" + "\n".join(lines))
 
 
 def print_cpu_shares(results) -> None:
