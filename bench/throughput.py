@@ -212,6 +212,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1,
                         help="rounds of every row; the table shows each row's median run and the range")
     args = parser.parse_args()
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
 
     broker = server = None
     bootstrap = os.environ.get("OPSCENTRE_KAFKA")
@@ -274,13 +276,11 @@ def main() -> None:
 
     results, spread = [], {}
     for name, data, outcomes in runs.values():
-        finished = sorted((o for o in outcomes if "error" not in o), key=lambda o: o["events"] / o["seconds"])
+        finished = sorted((o for o in outcomes if "error" not in o), key=_rate)
         results.append((name, data, finished[(len(finished) - 1) // 2] if finished else outcomes[-1]))
         if len(finished) > 1:
-            spread[(name, data)] = f"{finished[0]['events'] / finished[0]['seconds']:,.0f}–" \
-                                   f"{finished[-1]['events'] / finished[-1]['seconds']:,.0f}"
-    worker_rates = {data: o["events"] / o["seconds"] for name, data, o in results
-                    if name.startswith("project worker") and "error" not in o}
+            spread[(name, data)] = f"{_rate(finished[0]):,.0f}–{_rate(finished[-1]):,.0f}"
+    worker_rates = {data: _rate(o) for name, data, o in results if name.startswith("project worker") and "error" not in o}
     if args.repeat > 1:
         print(f"\nMedian run of {args.repeat} rounds per row (the slower middle one for an even count); "
               "the last column is the range of the rounds.")
@@ -290,7 +290,7 @@ def main() -> None:
         if "error" in outcome:
             print(f"{name:<32} {data:<14} failed: {outcome['error']}")
             continue
-        rate = outcome["events"] / outcome["seconds"]
+        rate = _rate(outcome)
         worker = worker_rates.get(data)
         ratio = f"{worker / rate:>9.2f}" if worker and not name.startswith("project worker") else f"{'':>9}"
         used = outcome.get("cpu", {}).get("machine")
