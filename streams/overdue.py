@@ -167,12 +167,12 @@ class OverdueTracker:
 
     def opened(self, item: OpenItem) -> None:
         """A receipt; it takes effect at settle(), after the rest of its record."""
-        self._opening[hash(f"{item.kind}:{item.item_id}")] = item  # item_key(), inlined: once per receipt
+        self._opening[item_key(item.kind, item.item_id)] = item
 
     def closed_item(self, kind: str, item_id: str, occurred_ms: int, due_ms: int | None) -> None:
         """A completion, cancellation or resolution. One that comes after the due time does not
         prevent the alert: the item was overdue before it closed."""
-        key = hash(f"{kind}:{item_id}")  # item_key(), inlined: once per closing
+        key = item_key(kind, item_id)
         item = self.fresh.get(key)
         if item is not None:
             if occurred_ms > item.due_ms:
