@@ -74,11 +74,28 @@ def kafka_transport(fetch_max_wait_ms: int) -> type:
     return Transport
 
 
+class WorkerApp(faust.App):
+    """Before a rebalance or a stop, Faust waits until every record it handed out is acknowledged.
+    The worker acknowledges a record only once it is stored, and on a stop the timer that stores
+    held records no longer runs: the wait never ended and the worker sat until killed. It stores
+    what it holds first (`store_held_records`, set by build_app)."""
+
+    store_held_records = None
+
+    async def _consumer_wait_empty(self, consumer, logger) -> None:
+        await self.store_held_records()
+        await super()._consumer_wait_empty(consumer, logger)
+
+
+if not hasattr(faust.App, "_consumer_wait_empty"):
+    raise RuntimeError("this Faust release waits for acknowledgements differently; see streams.app.WorkerApp")
+
+
 def build_app(settings: Settings, processor: Processor, writer=None) -> faust.App:
     """The worker's Faust app; `writer.write(batch)` stores snapshots (default: the processor's sink)."""
     writer = writer or processor.sink
     bootstrap = settings.require_kafka()
-    app = faust.App(
+    app = WorkerApp(
         settings.consumer_group,
         broker=[f"kafka://{host}" for host in bootstrap.split(",")],
         autodiscover=False,
@@ -242,13 +259,23 @@ def build_app(settings: Settings, processor: Processor, writer=None) -> faust.Ap
             elif in_flight:
                 await finish_in_flight()
 
+    async def store_all_held() -> None:
+        """Store every record processed and acknowledge it; the caller holds the lock."""
+        await finish_in_flight()
+        if pending or processor.has_pending():
+            await snapshot_pending()
+            await finish_in_flight()
+
+    async def store_held_records() -> None:
+        async with lock:
+            await store_all_held()
+
+    app.store_held_records = store_held_records
+
     @app.on_partitions_revoked.connect
     async def on_revoked(app_, revoked, **kwargs) -> None:
         async with lock:
-            await finish_in_flight()
-            if pending or processor.has_pending():
-                await snapshot_pending()
-                await finish_in_flight()
+            await store_all_held()
             processor.release({(tp.topic, tp.partition) for tp in revoked})
 
     return app

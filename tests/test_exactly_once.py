@@ -69,6 +69,7 @@ def test_second_worker_joins_then_leaves(pipeline):
     second = pipeline.start_worker()
     pipeline.wait_for(lambda: stored_events(pipeline) > 4000, what="both workers under way")
     second.stop(signal.SIGTERM)
+    assert second.process.returncode != -signal.SIGKILL, "a worker sent SIGTERM must store what it holds and exit"
     assert_exact_once_sent(pipeline, sender, workload, start_ms)
 
 
