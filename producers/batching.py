@@ -7,6 +7,7 @@ alone, keyed the same way, lands on the same partition.
 
 from __future__ import annotations
 
+import logging
 import time
 
 import msgspec
@@ -18,8 +19,12 @@ from opscentre.events import routing_key, topic_kind
 from opscentre.kafka import MAX_RECORD_BYTES, KafkaUnavailable, partition_count, partition_for
 from opscentre.settings import Settings
 
+log = logging.getLogger(__name__)
+
 EVENTS_SENT = Counter("opscentre_producer_events_total", "Events sent to Kafka", ["topic"])
 RECORDS_SENT = Counter("opscentre_producer_records_total", "Kafka records sent", ["topic"])
+EVENTS_FAILED = Counter(
+    "opscentre_producer_failed_events_total", "Events Kafka did not take after the client's retries", ["topic"])
 
 _encode = msgspec.json.Encoder().encode
 
@@ -49,6 +54,9 @@ class BatchingProducer:
         self._sizes: dict[tuple[str, int], int] = {}
         self._opened: dict[tuple[str, int], float] = {}
         self.events_sent = 0
+        # Set from the client's I/O thread when Kafka refuses a record for good; flush() reports it.
+        self.events_failed = 0
+        self.last_failure: Exception | None = None
 
     def send(self, event: dict) -> None:
         """Queue one event (a dict following CONTRACT §1)."""
@@ -76,8 +84,7 @@ class BatchingProducer:
     def send_record(self, kind: str, payload: bytes, key: str | None = None) -> None:
         """Send one record as it is (used for lines that are not JSON: the worker rejects them)."""
         topic = self.topics[kind]
-        self._producer.send(topic, value=payload, key=key.encode() if key else None)
-        RECORDS_SENT.labels(topic).inc()
+        self._send(topic, payload, 1, key=key.encode() if key else None)
 
     def _send_batch(self, slot) -> None:
         buffer = self._buffers.pop(slot, None)
@@ -87,10 +94,25 @@ class BatchingProducer:
             return
         kind, partition = slot
         topic = self.topics[kind]
-        self._producer.send(topic, value=b"[" + b",".join(buffer) + b"]", partition=partition)
-        RECORDS_SENT.labels(topic).inc()
+        self._send(topic, b"[" + b",".join(buffer) + b"]", len(buffer), partition=partition)
         EVENTS_SENT.labels(topic).inc(len(buffer))
         self.events_sent += len(buffer)
+
+    def _send(self, topic: str, value: bytes, events: int, key: bytes | None = None, partition: int | None = None):
+        try:
+            future = self._producer.send(topic, value=value, key=key, partition=partition)
+        except KafkaError as exc:  # refused before sending (too large, no metadata in time)
+            self._failed(topic, events, exc)
+            return
+        future.add_errback(self._failed, topic, events)
+        RECORDS_SENT.labels(topic).inc()
+
+    def _failed(self, topic: str, events: int, exc: Exception) -> None:
+        if not self.events_failed:
+            log.error("Kafka refused a record of %d events for %s: %s", events, topic, exc)
+        EVENTS_FAILED.labels(topic).inc(events)
+        self.events_failed += events
+        self.last_failure = exc
 
     def poll(self) -> None:
         """Send batches that have waited longer than the linger time."""
@@ -100,10 +122,25 @@ class BatchingProducer:
                 self._send_batch(slot)
 
     def flush(self, timeout_s: float = 60.0) -> None:
+        """Send what is buffered and wait until Kafka has it. Raises KafkaUnavailable if it was not
+        all taken: events are never lost silently."""
         for slot in list(self._buffers):
             self._send_batch(slot)
-        self._producer.flush(timeout=timeout_s)
+        try:
+            self._producer.flush(timeout=timeout_s)
+        except KafkaError as exc:
+            raise KafkaUnavailable(f"Kafka did not take the events sent within {timeout_s:g} s: {exc}") from None
+        if self.events_failed:
+            failed, self.events_failed = self.events_failed, 0
+            raise KafkaUnavailable(
+                f"{failed} events were not delivered to Kafka ({self.last_failure}); sending the input again "
+                "within the de-duplication horizon (OPSCENTRE_DEDUP_HORIZON_S) counts none of it twice")
 
-    def close(self) -> None:
-        self.flush()
-        self._producer.close()
+    def close(self, timeout_s: float = 60.0) -> None:
+        try:
+            self.flush(timeout_s)
+        finally:
+            try:
+                self._producer.close(timeout=1)
+            except KafkaError:
+                pass  # records still pending: flush has waited for them and reported them
