@@ -33,8 +33,40 @@ def periods(start_ms):
 
 
 def settle(pipeline, expected_count) -> None:
-    pipeline.wait_for(lambda: stored_events(pipeline) >= expected_count, what="all events stored", timeout_s=120)
+    try:
+        pipeline.wait_for(lambda: stored_events(pipeline) >= expected_count, what="all events stored", timeout_s=120)
+    except AssertionError as exc:
+        raise AssertionError(f"{expected_count} events expected\n{progress_report(pipeline)}\n{exc}") from None
     time.sleep(2)
+
+
+def progress_report(pipeline) -> str:
+    """Per event partition: the end offset the broker reports (Tansu's is the last batch's first
+    offset + 1), the group's committed offset, and the stored events (count, highest source
+    offset): tells a stalled worker from events lost on the way."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    settings = pipeline.settings
+    # Never subscribes: reads the group's committed offsets without joining it.
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka.split(","), group_id=settings.consumer_group,
+                             enable_auto_commit=False)
+    try:
+        store = pipeline.store()
+        lines = []
+        for topic, table in ((settings.service_topic, "service_events"), (settings.security_topic, "security_events")):
+            stored = {int(p): (int(n), int(o)) for p, n, o in store.query(
+                f"SELECT source_partition, count(), max(source_offset) FROM {store.table(table)} FINAL "
+                "GROUP BY source_partition")}
+            partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+            for tp, end in sorted(consumer.end_offsets(partitions).items()):
+                count, highest = stored.get(tp.partition, (0, -1))
+                lines.append(f"{topic}[{tp.partition}]: reported end {end}, committed {consumer.committed(tp)}, "
+                             f"stored {count} events up to offset {highest}")
+        return "\n".join(lines)
+    except Exception as exc:  # a report, not the assertion
+        return f"(no progress report: {exc})"
+    finally:
+        consumer.close(autocommit=False)
 
 
 def assert_exact_once_sent(pipeline, sender, workload, start_ms) -> None:
