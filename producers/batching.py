@@ -143,4 +143,7 @@ class BatchingProducer:
             try:
                 self._producer.close(timeout=1)
             except KafkaError:
-                pass  # records still pending: flush has waited for them and reported them
+                # kafka-python's close flushes first and cannot give up on pending records; flush has
+                # waited for them and reported them. Stop its I/O thread without them.
+                self._producer._sender.force_close()
+                self._producer._sender.join(5)

@@ -42,3 +42,4 @@ def test_a_broker_gone_is_reported_by_flush(pipeline):
     producer.send(Workload(seed=6, start_ms=1_700_000_000_000, events=3).valid[0])
     with pytest.raises(KafkaUnavailable, match="Kafka did not take the events sent within 2 s"):
         producer.close(timeout_s=2)
+    producer._producer.close(timeout=1)  # as kafka-python does when the client is collected: must not raise
