@@ -99,6 +99,7 @@ class WorkerProcess:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "opscentre.cli", "-v", "worker"],
             env=self.env, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+            cwd=os.path.dirname(self.log_path),  # Faust makes its data directory there
         )
         return self
 
