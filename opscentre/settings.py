@@ -73,6 +73,7 @@ class Settings:
     fetch_max_wait_s: float = _setting(0.1, minimum=0.01)
     memory_window_s: float = 600.0
     clickhouse_timeout_s: float = _setting(30.0, minimum=1.0)
+    stall_warning_s: float = _setting(60.0, minimum=1.0)
     group_session_timeout_s: float = _setting(10.0, minimum=1.0)
     group_rebalance_timeout_s: float = _setting(10.0, minimum=1.0)
     group_heartbeat_s: float = _setting(2.0, minimum=0.1)

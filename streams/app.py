@@ -14,7 +14,10 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import sys
+import threading
 import time
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 
 import faust
@@ -72,6 +75,58 @@ def kafka_transport(fetch_max_wait_ms: int) -> type:
         Consumer = WaitingLessConsumer
 
     return Transport
+
+
+class StallWatch:
+    """Says where a stuck worker is. The worker holds processed records until they are stored; once it
+    has held some and stored none for `after_s`, a thread of its own logs the stage the agent last
+    reported and the stack of the event loop's thread (a call blocking the loop shows there), once
+    per stall."""
+
+    def __init__(self, after_s: float, holding):
+        self.after_s = after_s
+        self.holding = holding  # () -> bool: records processed and not yet stored
+        self.stage = "starting"
+        self.stored_at = time.monotonic()
+        self.loop_thread: int | None = None
+        self.writing_since: float | None = None
+        self._warned = False
+
+    def writing(self) -> None:
+        self.writing_since = time.monotonic()
+
+    def stored(self) -> None:
+        self.stored_at = time.monotonic()
+        self.writing_since = None
+        self._warned = False
+
+    def check(self, now: float) -> str | None:
+        if not self.holding():
+            self.stored_at = now
+            self._warned = False
+            return None
+        waited = now - self.stored_at
+        if waited < self.after_s or self._warned:
+            return None
+        self._warned = True
+        frame = sys._current_frames().get(self.loop_thread) if self.loop_thread is not None else None
+        stack = "".join(traceback.format_stack(frame)) if frame is not None else "(unknown)\n"
+        writing = self.writing_since
+        write = f"a ClickHouse write in flight for {now - writing:.0f} s" if writing is not None else "no write in flight"
+        return (f"stored nothing for {waited:.0f} s while holding processed records; {write}; "
+                f"agent's last stage: {self.stage}; event loop at:\n{stack}")
+
+    def start(self) -> None:
+        """Call from the event loop's thread."""
+        self.loop_thread = threading.get_ident()
+        threading.Thread(target=self._watch, name="stall-watch", daemon=True).start()
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(min(5.0, self.after_s / 4))
+            message = self.check(time.monotonic())
+            if message:
+                log.warning("%s", message)
 
 
 class WorkerApp(faust.App):
@@ -143,15 +198,21 @@ def build_app(settings: Settings, processor: Processor, writer=None) -> faust.Ap
                 delay = min(delay * 2, 10.0)
 
     processor.wait_for_writes = lambda: [future.result() for future, _, _ in in_flight]
+    pending: list = []  # events processed since the last snapshot
+    watch = StallWatch(settings.stall_warning_s, lambda: bool(pending) or bool(in_flight))
 
     async def finish_in_flight() -> None:
         """Wait for the snapshot in flight, record it as stored, then acknowledge its records."""
         while in_flight:
             future, snapshot, events = in_flight[0]
+            watch.stage = "waiting for ClickHouse to store the snapshot in flight"
             await asyncio.wrap_future(future)
             in_flight.pop(0)
             processor.commit(snapshot)
+            watch.stored()
+            watch.stage = "publishing alerts"
             await publish_alerts()
+            watch.stage = "acknowledging stored records"
             for event in events:
                 await streams[0].ack(event)
 
@@ -174,8 +235,10 @@ def build_app(settings: Settings, processor: Processor, writer=None) -> faust.Ap
 
     async def start_write(events) -> None:
         await finish_in_flight()
+        watch.stage = "preparing a snapshot (reading rows that left memory)"
         snapshot = await read_with_retry(processor.prepare)  # reads only rows that left memory
         future = executor.submit(write_until_stored, snapshot)
+        watch.writing()
         in_flight.append((future, snapshot, events))
 
     async def read_with_retry(call, *args):
@@ -191,7 +254,6 @@ def build_app(settings: Settings, processor: Processor, writer=None) -> faust.Ap
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
 
-    pending: list = []  # events processed since the last snapshot
     last_snapshot = [time.monotonic()]
     last_record = [time.monotonic()]
 
@@ -222,16 +284,19 @@ def build_app(settings: Settings, processor: Processor, writer=None) -> faust.Ap
         async for event in stream.noack().events():
             async with lock:
                 message = event.message
+                watch.stage = "processing a record"
                 letters = await read_with_retry(
                     processor.process, message.topic, message.partition, message.offset,
                     int(message.timestamp * 1000), message.value,
                 )
                 if letters:  # out before their record is acknowledged
+                    watch.stage = "sending dead letters"
                     await send_and_flush(settings.dead_letter_topic, [(key, value, None) for key, value in letters])
                 pending.append(event)
                 last_record[0] = time.monotonic()
                 if snapshot_due():
                     await snapshot_pending()
+                watch.stage = "waiting for records"
             end = app.consumer.highwater(message.tp)
             if end is not None:
                 LAG.labels(message.topic, str(message.partition)).set(max(0, end - message.offset - 1))
@@ -258,6 +323,7 @@ def build_app(settings: Settings, processor: Processor, writer=None) -> faust.Ap
                 await snapshot_pending()
             elif in_flight:
                 await finish_in_flight()
+            watch.stage = "waiting for records"
 
     async def store_all_held() -> None:
         """Store every record processed and acknowledge it; the caller holds the lock."""
@@ -271,6 +337,10 @@ def build_app(settings: Settings, processor: Processor, writer=None) -> faust.Ap
             await store_all_held()
 
     app.store_held_records = store_held_records
+
+    @app.task
+    async def watch_for_stalls() -> None:
+        watch.start()
 
     @app.on_partitions_revoked.connect
     async def on_revoked(app_, revoked, **kwargs) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -140,6 +141,7 @@ def test_clickhouse_unreachable_for_30_seconds(kafka_bootstrap, tmp_path):
     server = ClickHouseServer().start()
     pipeline = Pipeline(kafka_bootstrap, server.url("outage"), tmp_path)
     pipeline.env["OPSCENTRE_CLICKHOUSE_TIMEOUT_S"] = "5"
+    pipeline.env["OPSCENTRE_STALL_WARNING_S"] = "10"
     try:
         ensure_topics(pipeline.settings)
         start_ms = start_of_minute_ms(2)
@@ -150,6 +152,9 @@ def test_clickhouse_unreachable_for_30_seconds(kafka_bootstrap, tmp_path):
         server.stop(keep_data=True)
         time.sleep(30)
         assert worker.running(), "the worker must wait for ClickHouse, not exit"
+        assert re.search(r"stored nothing for \d+ s while holding processed records; "
+                         r"a ClickHouse write in flight for \d+ s", open(worker.log_path, encoding="utf-8").read()), \
+            "a worker that stores nothing must say what it waits for"
         server.start()
         assert_exact_once_sent(pipeline, sender, workload, start_ms)
     finally:
