@@ -14,11 +14,11 @@ def test_a_stall_is_reported_once_with_the_stage_and_the_loop_stack():
     now = watch.stored_at
     assert watch.check(now + 100) is None  # holding nothing: idle, not stuck
     held[0] = True
-    watch.stage = "waiting for ClickHouse to store the snapshot in flight"
+    watch.stage = "publishing alerts"
     assert watch.check(now + 120) is None  # the clock starts when records are first held
     message = watch.check(now + 131)
     assert message.startswith("stored nothing for 31 s while holding processed records; no write in flight; "
-                              "agent's last stage: waiting for ClickHouse to store the snapshot in flight")
+                              "agent's last stage: publishing alerts")
     assert "test_a_stall_is_reported_once_with_the_stage_and_the_loop_stack" in message  # the loop's stack
     assert watch.check(now + 200) is None  # once per stall
     watch.stored()
