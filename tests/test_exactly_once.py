@@ -12,6 +12,7 @@ import time
 import pytest
 
 from opscentre.kafka import ensure_topics
+from opscentre.local import scrape
 from tests.harness import ClickHouseServer
 from tests.test_pipeline import assert_kpis_match, stored_events
 from tests.workload import Workload
@@ -104,6 +105,8 @@ def test_second_worker_joins_then_leaves(pipeline):
     second.stop(signal.SIGTERM)
     assert second.process.returncode != -signal.SIGKILL, "a worker sent SIGTERM must store what it holds and exit"
     assert_exact_once_sent(pipeline, sender, workload, start_ms)
+    # Both hand-overs stored and committed everything first: the first worker redid no record.
+    assert scrape(pipeline.workers[0].metrics_port).get("opscentre_stream_records_already_applied_total") == 0
 
 
 def replay(pipeline, *args) -> str:
