@@ -21,6 +21,7 @@ import traceback
 from concurrent.futures import ThreadPoolExecutor
 
 import faust
+from faust.transport.consumer import Consumer
 from prometheus_client import Gauge
 
 from opscentre.catalogue import load_catalogue
@@ -51,12 +52,18 @@ STORE_UP = Gauge("opscentre_stream_clickhouse_up", "1 while the last ClickHouse 
 
 
 def kafka_transport(fetch_max_wait_ms: int) -> type:
-    """Faust's aiokafka transport with the broker's fetch wait set (Faust fixes it at 1.5 s).
+    """Faust's aiokafka transport, with two changes.
 
-    aiokafka keeps one fetch in flight per broker and leaves partitions that still hold fetched
-    records out of it. Once one partition has been read to its end, its fetch waits at the broker
-    for new data while the others' records run out: with 1.5 s the agent sat 0.9-1.3 s without a
-    record, twice in a 6 s run. A short wait costs an idle worker a few small fetches a second."""
+    The broker's fetch wait is set (Faust fixes it at 1.5 s). aiokafka keeps one fetch in flight
+    per broker and leaves partitions that still hold fetched records out of it. Once one partition
+    has been read to its end, its fetch waits at the broker for new data while the others' records
+    run out: with 1.5 s the agent sat 0.9-1.3 s without a record, twice in a 6 s run. A short wait
+    costs an idle worker a few small fetches a second.
+
+    Acknowledgements are committed before a revocation starts. Faust's consumer forgets the
+    revoked partitions' acknowledgements not yet committed as it starts, and commits only those
+    made during the wait that follows: records stored and acknowledged since the last interval
+    commit were left uncommitted, and the partition's next owner redid them."""
     from faust.transport.drivers import aiokafka as driver
 
     class ConsumerThread(driver.AIOKafkaConsumerThread):
@@ -67,14 +74,25 @@ def kafka_transport(fetch_max_wait_ms: int) -> type:
             consumer._fetch_max_wait_ms = fetch_max_wait_ms  # read when the consumer starts
             return consumer
 
-    class WaitingLessConsumer(driver.Consumer):
+    class WorkerConsumer(driver.Consumer):
         def _new_consumer_thread(self):
             return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
+        async def on_partitions_revoked(self, revoked) -> None:
+            await commit_acknowledged(self)
+            await super().on_partitions_revoked(revoked)
+
     class Transport(driver.Transport):
-        Consumer = WaitingLessConsumer
+        Consumer = WorkerConsumer
 
     return Transport
+
+
+async def commit_acknowledged(consumer) -> None:
+    """Commit every acknowledged offset. Faust's own commit returns at once, committing nothing,
+    while another is in flight (its interval timer's, which took its offsets earlier)."""
+    await consumer.maybe_wait_for_commit_to_finish()
+    await consumer.commit()
 
 
 class StallWatch:
@@ -133,16 +151,18 @@ class WorkerApp(faust.App):
     """Before a rebalance or a stop, Faust waits until every record it handed out is acknowledged.
     The worker acknowledges a record only once it is stored, and on a stop the timer that stores
     held records no longer runs: the wait never ended and the worker sat until killed. It stores
-    what it holds first (`store_held_records`, set by build_app)."""
+    what it holds first (`store_held_records`, set by build_app), and commits once the wait is over:
+    the wait's own last commit is skipped while the interval timer's is in flight."""
 
     store_held_records = None
 
     async def _consumer_wait_empty(self, consumer, logger) -> None:
         await self.store_held_records()
         await super()._consumer_wait_empty(consumer, logger)
+        await commit_acknowledged(consumer)
 
 
-if not hasattr(faust.App, "_consumer_wait_empty"):
+if not hasattr(faust.App, "_consumer_wait_empty") or not hasattr(Consumer, "maybe_wait_for_commit_to_finish"):
     raise RuntimeError("this Faust release waits for acknowledgements differently; see streams.app.WorkerApp")
 
 

@@ -102,10 +102,12 @@ def test_second_worker_joins_then_leaves(pipeline):
     pipeline.wait_for(lambda: stored_events(pipeline) > 1000, what="first worker under way")
     second = pipeline.start_worker()
     pipeline.wait_for(lambda: stored_events(pipeline) > 4000, what="both workers under way")
+    # Every hand-over stores and commits what the worker giving partitions up has processed:
+    # the worker taking them over redoes no record.
+    assert scrape(second.metrics_port).get("opscentre_stream_records_already_applied_total") == 0
     second.stop(signal.SIGTERM)
     assert second.process.returncode != -signal.SIGKILL, "a worker sent SIGTERM must store what it holds and exit"
     assert_exact_once_sent(pipeline, sender, workload, start_ms)
-    # Both hand-overs stored and committed everything first: the first worker redid no record.
     assert scrape(pipeline.workers[0].metrics_port).get("opscentre_stream_records_already_applied_total") == 0
 
 
