@@ -15,6 +15,8 @@ party sends), then times, one after the other:
 - a naive Faust agent counting into a Table;
 - Quix Streams with a 1-minute tumbling window.
 
+The worker, naive Faust and Quix Streams also run on the single-event records.
+
 Baselines that cannot finish within --time-limit report the rate they reached. With
 --repeat N every row runs N times, in rounds, and the table shows each row's median run,
 the range, and the worker's ratio to each baseline round by round.
@@ -208,7 +210,7 @@ def main() -> None:
     parser.add_argument("--single-events", type=int, default=40_000)
     parser.add_argument("--per-record", type=int, default=500)
     parser.add_argument("--time-limit", type=float, default=60.0)
-    parser.add_argument("--only", help="comma-separated row numbers to run (1-7), for quick comparisons")
+    parser.add_argument("--only", help="comma-separated row numbers to run (1-8), for quick comparisons")
     parser.add_argument("--repeat", type=int, default=1,
                         help="rounds of every row; the table shows each row's median run and the range")
     args = parser.parse_args()
@@ -255,6 +257,9 @@ def main() -> None:
             ("naive Faust agent + Table", "single events",
              lambda tag: subprocess_baseline("naive_faust.py", single.settings, len(singles), args.time_limit,
                                              f"faust1{tag}")),
+            ("Quix Streams tumbling window", "single events",
+             lambda tag: subprocess_baseline("quix_app.py", single.settings, len(singles), args.time_limit,
+                                             f"quix1{tag}")),
         ]
         # Rounds, not a row's runs back to back: a drift of the machine's speed lands on every row.
         for round_number in range(args.repeat):
