@@ -210,12 +210,39 @@ def main() -> None:
     parser.add_argument("--single-events", type=int, default=40_000)
     parser.add_argument("--per-record", type=int, default=500)
     parser.add_argument("--time-limit", type=float, default=60.0)
-    parser.add_argument("--only", help="comma-separated row numbers to run (1-8), for quick comparisons")
+    parser.add_argument("--only", type=_row_numbers, help="comma-separated row numbers to run, for quick comparisons")
     parser.add_argument("--repeat", type=int, default=1,
                         help="rounds of every row; the table shows each row's median run and the range")
     args = parser.parse_args()
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
+
+    # What each row runs: the servers, the data and `url` are set up below, before any row runs.
+    rows = [
+        ("project worker (end to end)", f"batched x{args.per_record}",
+         lambda tag: project_worker(bootstrap, url(f"bench_worker{tag}"), service, args.per_record, cpu)),
+        ("plain loop, worker's work", f"batched x{args.per_record}",
+         lambda tag: plain_same_work(batched.settings, url(f"bench_plain_same{tag}"), len(service))),
+        ("plain loop, decode and count", f"batched x{args.per_record}",
+         lambda tag: plain_loop(batched.settings, url(f"bench_plain{tag}"), len(service))),
+        ("naive Faust agent + Table", f"batched x{args.per_record}",
+         lambda tag: subprocess_baseline("naive_faust.py", batched.settings, len(service), args.time_limit,
+                                         f"faust{tag}")),
+        ("Quix Streams tumbling window", f"batched x{args.per_record}",
+         lambda tag: subprocess_baseline("quix_app.py", batched.settings, len(service), args.time_limit,
+                                         f"quix{tag}")),
+        ("project worker (end to end)", "single events",
+         lambda tag: project_worker(bootstrap, url(f"bench_worker_single{tag}"), singles, 1, cpu)),
+        ("naive Faust agent + Table", "single events",
+         lambda tag: subprocess_baseline("naive_faust.py", single.settings, len(singles), args.time_limit,
+                                         f"faust1{tag}")),
+        ("Quix Streams tumbling window", "single events",
+         lambda tag: subprocess_baseline("quix_app.py", single.settings, len(singles), args.time_limit,
+                                         f"quix1{tag}")),
+    ]
+    unknown = sorted((args.only or set()) - set(range(1, len(rows) + 1)))
+    if unknown:
+        parser.error(f"--only: no row {', '.join(map(str, unknown))} (rows are 1-{len(rows)})")
 
     broker = server = None
     bootstrap = os.environ.get("OPSCENTRE_KAFKA")
@@ -238,34 +265,11 @@ def main() -> None:
         single = Pipeline(bootstrap, url("bench_single"), Path(tempfile.mkdtemp()))
         produce(single.settings, singles, 1)
 
-        only = {int(n) for n in args.only.split(",")} if args.only else None
-        rows = [
-            ("project worker (end to end)", f"batched x{args.per_record}",
-             lambda tag: project_worker(bootstrap, url(f"bench_worker{tag}"), service, args.per_record, cpu)),
-            ("plain loop, worker's work", f"batched x{args.per_record}",
-             lambda tag: plain_same_work(batched.settings, url(f"bench_plain_same{tag}"), len(service))),
-            ("plain loop, decode and count", f"batched x{args.per_record}",
-             lambda tag: plain_loop(batched.settings, url(f"bench_plain{tag}"), len(service))),
-            ("naive Faust agent + Table", f"batched x{args.per_record}",
-             lambda tag: subprocess_baseline("naive_faust.py", batched.settings, len(service), args.time_limit,
-                                             f"faust{tag}")),
-            ("Quix Streams tumbling window", f"batched x{args.per_record}",
-             lambda tag: subprocess_baseline("quix_app.py", batched.settings, len(service), args.time_limit,
-                                             f"quix{tag}")),
-            ("project worker (end to end)", "single events",
-             lambda tag: project_worker(bootstrap, url(f"bench_worker_single{tag}"), singles, 1, cpu)),
-            ("naive Faust agent + Table", "single events",
-             lambda tag: subprocess_baseline("naive_faust.py", single.settings, len(singles), args.time_limit,
-                                             f"faust1{tag}")),
-            ("Quix Streams tumbling window", "single events",
-             lambda tag: subprocess_baseline("quix_app.py", single.settings, len(singles), args.time_limit,
-                                             f"quix1{tag}")),
-        ]
         # Rounds, not a row's runs back to back: a drift of the machine's speed lands on every row.
         for round_number in range(args.repeat):
             tag = f"_{round_number}" if round_number else ""
             for number, (name, data, run) in enumerate(rows, start=1):
-                if only and number not in only:
+                if args.only and number not in args.only:
                     continue
                 print(f"… {name} ({data}), round {round_number + 1} of {args.repeat}", file=sys.stderr, flush=True)
                 outcome = run(tag)
@@ -304,6 +308,13 @@ def main() -> None:
               + (f" {spread.get((name, data), ''):>16}" if spread else ""))
     print_round_ratios(runs)
     print_cpu_shares(results)
+
+
+def _row_numbers(text: str) -> set:
+    try:
+        return {int(n) for n in text.split(",")}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected row numbers separated by commas, got {text!r}") from None
 
 
 def _rate(outcome) -> float | None:
