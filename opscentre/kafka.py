@@ -10,12 +10,10 @@ from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.partitioner.default import murmur2
 
+from .events import MAX_RECORD_BYTES  # noqa: F401 (batches travel as records of up to 1 MiB, CONTRACT §1)
 from .settings import Settings
 
 log = logging.getLogger(__name__)
-
-# Batches of events travel as single records of up to 1 MiB (CONTRACT §1).
-MAX_RECORD_BYTES = 1 << 20
 
 
 class KafkaUnavailable(RuntimeError):

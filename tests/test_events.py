@@ -87,8 +87,9 @@ def test_reasons(validator, change, reason):
 
 def test_not_json(validator):
     assert reasons(validator, b"nope {") == ["record is not valid JSON: JSON is malformed: invalid character (byte 4)"]
-    assert reasons(validator, b"\xff\x00") == ["record is not UTF-8 text"]
-    assert reasons(validator, b'"text"') == ["record is not a JSON event object or array of events: '\"text\"'"]
+    assert reasons(validator, b"\xff\x00") == ["record is not UTF-8 text (byte 0)"]
+    # The content of a record that is not an event is never repeated: it may hold a personal identifier.
+    assert reasons(validator, b'"012345678901"') == ["record is a JSON string, not an event object or an array of events"]
 
 
 def test_one_bad_item_rejects_that_item_only(validator):
@@ -98,7 +99,7 @@ def test_one_bad_item_rejects_that_item_only(validator):
     assert [e.event_id for e in decoded.events] == ["e-1"]
     assert [(r.item_index, r.reason) for r in decoded.rejections] == [
         (1, "field 'channel': expected one of online, in_person, postal, got \"fax\""),
-        (2, "item is not a JSON event object: '7'"),
+        (2, "item is a JSON number, not an event object"),
         (3, "field 'province': unknown province code '00'"),
     ]
     # The original bytes of each rejected item travel with it.

@@ -111,7 +111,7 @@ class Workload:
         variant("field 'event_id'", event_id="has spaces")
         items.append((b"this is not json {", "record is not valid JSON", "single"))
         items.append((b"\xff\xfe\x00garbage", "not UTF-8", "single"))
-        items.append((b'"just a string"', "not a JSON event object", "single"))
+        items.append((b'"just a string"', "record is a JSON string, not an event object", "single"))
         self.rng.shuffle(items)
         return items
 
