@@ -94,6 +94,7 @@ class NativeStore(Store):
             sync_request_timeout=5,
             settings={"insert_block_size": 1_048_576},
         )
+        self._insert_settings: dict | None = None
 
     def describe(self) -> str:
         parsed = urlparse(self.url)
@@ -122,11 +123,16 @@ class NativeStore(Store):
     def insert(self, table: str, columns: list[str], data: list) -> None:
         if not data or not data[0]:
             return
+        if self._insert_settings is None:
+            # Since 19.x a block that spans over 100 partitions (events of many months, say) is refused,
+            # and the write would be retried forever; 18.16 has no such limit and refuses the setting.
+            self._insert_settings = {"max_partitions_per_insert_block": 0} if self.server_version() >= (19,) else {}
         self._run(
             f"INSERT INTO {self.table(table)} ({', '.join(columns)}) VALUES",
             data,
             columnar=True,
             types_check=False,
+            settings=self._insert_settings,
         )
 
     def close(self) -> None:
@@ -187,7 +193,9 @@ class ChdbStore(Store):
         import pyarrow as pa
 
         batch = pa.table({name: values for name, values in zip(columns, data)})  # noqa: F841 (read by chDB)
-        self._query(f"INSERT INTO {self.table(table)} ({', '.join(columns)}) SELECT * FROM Python(batch)")
+        # A block spanning over 100 partitions would be refused (see NativeStore.insert).
+        self._query(f"INSERT INTO {self.table(table)} ({', '.join(columns)}) SELECT * FROM Python(batch) "
+                    "SETTINGS max_partitions_per_insert_block = 0")
 
 
 def _open_chdb_quietly(path: str):

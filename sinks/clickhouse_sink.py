@@ -46,6 +46,7 @@ ALERT_COLUMNS = (
 )
 REJECTED_COLUMNS = (
     "topic", "topic_id", "source_partition", "source_offset", "item_index", "record_ms", "rejected_at", "reason", "original",
+    "original_bytes", "original_digest",
 )
 
 

@@ -17,8 +17,9 @@ from __future__ import annotations
 from opscentre.clickhouse import Store
 from opscentre.measures import SECURITY_COUNTERS, SERVICE_COUNTERS
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 ITEM_VIEWS_SINCE = 3  # the version that added them; databases older than it are backfilled
+REDACTED_SINCE = 5  # rejected_events keeps no personal identifier from this version on
 
 # What the overdue tracker loads (streams.overdue): receipts by due time and closings by item, kept
 # by materialized views from service_events, so that loading the items due in the next hour, or a
@@ -153,7 +154,9 @@ ORDER BY (province, window_start, category, severity, action, sensor, technique,
     record_ms UInt64,
     rejected_at DateTime('UTC'),
     reason String,
-    original String
+    original String,  -- the contract's fields of an event object, personal ones pseudonymised; else ''
+    original_bytes UInt32,
+    original_digest String  -- HMAC-SHA256 of the original bytes with the pseudonym key
 ) ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMM(rejected_at)
 ORDER BY (topic_id, source_partition, source_offset, item_index)""",
@@ -266,6 +269,15 @@ ORDER BY version""",
     ]
 
 
+def _add_columns(store: Store, table: str, columns: dict) -> None:
+    """Columns a table created by an earlier version lacks (18.16 has no ADD COLUMN IF NOT EXISTS)."""
+    have = {name for (name,) in store.query(
+        f"SELECT name FROM system.columns WHERE database = '{store.database}' AND table = '{table}'")}
+    for name, kind in columns.items():
+        if name not in have:
+            store.execute(f"ALTER TABLE {store.table(table)} ADD COLUMN {name} {kind}")
+
+
 def migrate(store: Store) -> int:
     """Create or upgrade the schema; returns the schema version. Safe to run twice."""
     version = store.server_version()
@@ -277,6 +289,7 @@ def migrate(store: Store) -> int:
     for view, source in SEEN_VIEWS.items():
         store.execute(f"CREATE MATERIALIZED VIEW IF NOT EXISTS {store.table(view)} TO {store.table('seen_event_ids')} AS "
                       + _SEEN.format(source=store.table(source)))
+    _add_columns(store, "rejected_events", {"original_bytes": "UInt32", "original_digest": "String"})
     applied = {int(v) for (v,) in store.query(f"SELECT version FROM {store.table('schema_migrations')}")}
     if ITEM_VIEWS_SINCE not in applied:
         # Events stored before the views existed are copied once. Events a worker stores meanwhile
@@ -284,7 +297,17 @@ def migrate(store: Store) -> int:
         for target, select in ITEM_VIEWS.values():
             store.execute(f"INSERT INTO {store.table(target)} "
                           + select.format(source=store.table("service_events") + " FINAL"))
-    missing = sorted({ITEM_VIEWS_SINCE, SCHEMA_VERSION} - applied)
+    # Rows stored before REDACTED_SINCE may hold identifiers in clear: their originals are dropped, and
+    # the reasons that could repeat content are cut. Rows stored since always have a digest.
+    (unredacted,) = store.query(f"SELECT count() FROM {store.table('rejected_events')} WHERE original_digest = ''")[0]
+    if int(unredacted):
+        store.execute(
+            f"ALTER TABLE {store.table('rejected_events')} UPDATE original = '', reason = multiIf("
+            "startsWith(reason, 'field \\'applicant_id\\''), 'field \\'applicant_id\\': (removed on upgrade)', "
+            "position(reason, 'not a JSON event object') > 0, "
+            "concat(substring(reason, 1, position(reason, 'not a JSON event object') + 22), ' (removed on upgrade)'), "
+            "reason) WHERE original_digest = ''")
+    missing = sorted({ITEM_VIEWS_SINCE, REDACTED_SINCE, SCHEMA_VERSION} - applied)
     if missing:
         store.insert("schema_migrations", ["version"], [missing])
     return SCHEMA_VERSION

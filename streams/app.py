@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import sys
 import threading
 import time
@@ -41,11 +42,14 @@ from sinks.clickhouse_sink import FLUSH_FAILURES, ClickHouseSink
 from sinks.schema import migrate
 from sinks.writer_process import WriterProcess
 
-from .processor import Processor, alert_messages
+from .processor import Processor, ProcessorFailure, alert_messages
 
 log = logging.getLogger("opscentre.worker")
 
 LAG = Gauge("opscentre_stream_consumer_lag", "Records behind the partition's end offset", ["topic", "partition"])
+LAG_SECONDS = Gauge("opscentre_stream_consumer_lag_seconds",
+                    "Age of the partition's last record consumed while records remain behind it (0 when caught up)",
+                    ["topic", "partition"])
 # A snapshot is also taken after this many events, whatever the time (bounds memory and write size).
 FLUSH_MAX_EVENTS = 200_000
 STORE_UP = Gauge("opscentre_stream_clickhouse_up", "1 while the last ClickHouse write succeeded")
@@ -305,10 +309,16 @@ def build_app(settings: Settings, processor: Processor, writer=None) -> faust.Ap
             async with lock:
                 message = event.message
                 watch.stage = "processing a record"
-                letters = await read_with_retry(
-                    processor.process, message.topic, message.partition, message.offset,
-                    int(message.timestamp * 1000), message.value,
-                )
+                try:
+                    letters = await read_with_retry(
+                        processor.process, message.topic, message.partition, message.offset,
+                        int(message.timestamp * 1000), message.value,
+                    )
+                except ProcessorFailure as failure:
+                    # Like a kill: what was not committed is redelivered to the restarted worker.
+                    log.critical("%s", failure, exc_info=failure.__cause__)
+                    logging.shutdown()
+                    os._exit(70)
                 if letters:  # out before their record is acknowledged
                     watch.stage = "sending dead letters"
                     await send_and_flush(settings.dead_letter_topic, [(key, value, None) for key, value in letters])
@@ -319,7 +329,10 @@ def build_app(settings: Settings, processor: Processor, writer=None) -> faust.Ap
                 watch.stage = "waiting for records"
             end = app.consumer.highwater(message.tp)
             if end is not None:
-                LAG.labels(message.topic, str(message.partition)).set(max(0, end - message.offset - 1))
+                behind = max(0, end - message.offset - 1)
+                LAG.labels(message.topic, str(message.partition)).set(behind)
+                LAG_SECONDS.labels(message.topic, str(message.partition)).set(
+                    max(0.0, time.time() - message.timestamp) if behind else 0.0)
 
     def idle_snapshot_due() -> bool:
         """The interval has passed, or the input has paused (a tenth of the interval without a

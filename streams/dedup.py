@@ -86,6 +86,17 @@ class RecentIds:
         return self._admit(keys, keys, ts_ms)
 
     def _admit(self, ids: list, hashes: list, ts_ms: int) -> list:
+        fresh = self._check(ids, hashes, ts_ms)
+        self.remember(hashes, fresh, ts_ms)
+        return fresh
+
+    def check(self, ids: list, ts_ms: int) -> tuple[list, list]:
+        """admit() in two steps, for a caller that may still drop the record: (fresh flags, hashes)
+        now, and remember(hashes, fresh, ts_ms) once the record is applied."""
+        hashes = [0 if i is None else hash(i) for i in ids]
+        return self._check(ids, hashes, ts_ms), hashes
+
+    def _check(self, ids: list, hashes: list, ts_ms: int) -> list:
         start = ts_ms - ts_ms % self.bucket_ms
         if start != self._pending_start:
             self._seal()
@@ -96,18 +107,25 @@ class RecentIds:
         horizon = self.horizon_ms
         old = self._in_sealed(hashes, ts_ms - horizon)
         pending = self._pending
+        within: set = set()  # a repeat inside the record itself
         fresh = []
         for event_id, h, seen_in_sealed in zip(ids, hashes, old):
-            if event_id is None or seen_in_sealed:
+            if event_id is None or seen_in_sealed or h in within:
                 fresh.append(False)
                 continue
             seen = pending.get(h)
             if seen is not None and ts_ms - seen <= horizon:
                 fresh.append(False)
                 continue
-            pending[h] = ts_ms
+            within.add(h)
             fresh.append(True)
         return fresh
+
+    def remember(self, hashes: list, fresh: list, ts_ms: int) -> None:
+        pending = self._pending
+        for h, is_fresh in zip(hashes, fresh):
+            if is_fresh:
+                pending[h] = ts_ms
 
     def known(self, ids: list, ts_ms: int) -> list:
         """For each id, whether it was remembered within the horizon before `ts_ms`; remembers nothing."""

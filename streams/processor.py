@@ -13,10 +13,11 @@ same counts instead of adding to them.
 
 from __future__ import annotations
 
-import base64
 import datetime
 import logging
 import time
+import traceback
+from operator import add
 from typing import NamedTuple
 
 import msgspec
@@ -30,12 +31,17 @@ from opscentre.events import (
     DossierReceived,
     FeedbackReceived,
     FeedbackResolved,
+    MAX_MS,
+    MIN_MS,
+    YEARS,
     PaymentCompleted,
     Pseudonymiser,
+    Rejection,
     SecurityAlert,
     Validator,
     to_millis,
 )
+from opscentre.rejections import dead_letter, scrub_personal, stored_original
 from opscentre.measures import SECURITY_COUNTERS, SERVICE_COUNTERS
 from sinks.clickhouse_sink import (
     ALERT_COLUMNS,
@@ -52,7 +58,10 @@ log = logging.getLogger(__name__)
 
 RECORDS = Counter("opscentre_stream_records_total", "Kafka records consumed", ["topic"])
 EVENTS_VALID = Counter("opscentre_stream_events_valid_total", "Valid events accepted", ["event_type"])
-EVENTS_REJECTED = Counter("opscentre_stream_events_rejected_total", "Records or items sent to the dead-letter topic", ["reason"])
+EVENTS_REJECTED = Counter("opscentre_stream_events_rejected_total", "Records or items sent to the dead-letter topic",
+                          ["reason", "topic"])
+INTERNAL_ERRORS = Counter("opscentre_stream_internal_errors_total",
+                          "Records rejected because processing them raised an unexpected error", ["topic"])
 DUPLICATES = Counter("opscentre_stream_duplicates_dropped_total", "Events dropped as duplicates of an event_id within the horizon")
 REPLAYED = Counter("opscentre_stream_records_already_applied_total", "Records redelivered whose effect was already stored")
 LATENCY = Histogram(
@@ -82,6 +91,27 @@ PUBLISHED, ALERT_ID = ALERT_COLUMNS.index("published"), ALERT_COLUMNS.index("ale
 N_SERVICE = len(SERVICE_COUNTERS)
 N_SECURITY = len(SECURITY_COUNTERS)
 EVICT_EVERY_S = 60.0
+_ALREADY_APPLIED = ()  # a row whose stored version covers the record: its events are skipped
+
+
+class ProcessorFailure(RuntimeError):
+    """The processor's state may no longer be exact: the worker must stop, and the records since the
+    last commit are redelivered to a fresh one."""
+
+
+class _Plan(NamedTuple):
+    """What applying one record will change, gathered before anything is changed."""
+
+    touched: dict  # row key -> _ALREADY_APPLIED, or [row or None (new), counters to add, agency unknown]
+    width: int
+    raw: list  # raw event rows
+    raw_table: list  # the batch list they go to
+    items: tuple | list  # for the overdue tracker: OpenItem receipts, (kind, item, occurred, due) closings
+    hashes: list
+    fresh: list
+    accepted: dict
+    duplicates: int
+    unknown_agency: dict
 
 
 class Snapshot(NamedTuple):
@@ -107,7 +137,7 @@ class Row:
 class PartitionState:
     __slots__ = (
         "topic", "topic_id", "partition", "table", "rows", "dirty", "recent",
-        "next_offset", "stored_through", "max_window", "stored_up_to", "tracker", "last_record_wall_ms",
+        "next_offset", "stored_through", "max_window", "stored_up_to", "tracker", "last_record_wall_ms", "rebuild",
     )
 
     def __init__(self, topic, topic_id, partition, table, horizon_ms):
@@ -129,6 +159,9 @@ class PartitionState:
         # Overdue dossiers and feedback: service partitions only.
         self.tracker = OverdueTracker(horizon_ms) if table is SERVICE_MINUTE else None
         self.last_record_wall_ms = 0
+        # Set when a defect may have left the tracker inconsistent: the next record takes the
+        # partition over again from what ClickHouse stores (after storing what is held).
+        self.rebuild = False
 
     def new_row(self, key: tuple, width: int) -> Row:
         """A row not in memory: its minute may have a stored row to add to at the next write."""
@@ -167,7 +200,15 @@ def _rfc3339(ms: int) -> str:
 
 
 def _reason_label(reason: str) -> str:
-    if reason.startswith("record is not") or reason.startswith("item is not") or reason.startswith("record has no"):
+    if reason.startswith("internal error"):
+        return "internal_error"
+    if "nested deeper than" in reason:
+        return "too_deep"
+    if "over the limit of" in reason:
+        return "too_large"
+    if reason.startswith("record timestamp") and "outside" in reason:
+        return "invalid_record_timestamp"
+    if reason.startswith(("record is", "item is", "record has no")):
         return "not_json"
     if reason.startswith("field 'event_type'"):
         return "unknown_type"
@@ -213,9 +254,13 @@ class Processor:
     # -- records -------------------------------------------------------------------------
 
     def process(self, topic: str, partition: int, offset: int, record_ms: int, value: bytes | None) -> list:
-        """Apply one record; returns dead letters as (key, value) pairs to publish."""
+        """Apply one record; returns dead letters as (key, value) pairs to publish.
+
+        A record is applied whole or not at all: its effects are gathered first and applied at
+        the end, so that a defect raising anything on the way rejects that record alone (as an
+        internal error) and leaves the partition's state as it was."""
         state = self.partitions.get((topic, partition))
-        if state is None or offset < state.next_offset:
+        if state is None or offset < state.next_offset or state.rebuild:
             state = self._take_over(topic, partition, offset, record_ms)
         state.next_offset = offset + 1
         RECORDS.labels(topic).inc()
@@ -223,20 +268,70 @@ class Processor:
         if already_stored:
             REPLAYED.inc()
         now_ms = int(self.clock() * 1000)
-        decoded = self.validator.decode(value, now_ms)
-        rejections = list(decoded.rejections)
         state.last_record_wall_ms = now_ms
-        if state.table is SERVICE_MINUTE:
-            self._service(state, offset, record_ms, decoded, rejections, already_stored)
-            if decoded.occurred_ms:
-                self._overdue(state, min(max(decoded.occurred_ms), record_ms), offset)
-        else:
-            self._security(state, offset, record_ms, decoded, rejections, already_stored)
-        if not already_stored:
+        alerts_before = len(self.batch.alerts)
+        try:
+            rejections, timed = self._apply(state, offset, record_ms, value, now_ms, already_stored)
+        except ProcessorFailure:
+            raise
+        except Exception as exc:  # a defect met on this record; bad input never gets here
+            del self.batch.alerts[alerts_before:]
+            rejections, timed = [self._internal_error(state, offset, value, exc)], False
+        if timed and not already_stored:
             self.pending_record_ms.append(record_ms)
         if not rejections or already_stored:
             return []
         return self._reject(state, offset, record_ms, rejections)
+
+    def _apply(self, state, offset, record_ms, value, now_ms, already_stored) -> tuple[list, bool]:
+        """(rejections, whether the record's time is usable), having applied its valid events.
+
+        Three steps: decoding and planning change nothing; the overdue tracker takes the record's
+        items (should it fail, the partition is rebuilt before its next record, and nothing else
+        has changed); then the plan is committed, plain code that is not expected to fail (if it
+        does, the worker stops: a restart redelivers the records since the last commit)."""
+        if not MIN_MS <= record_ms <= MAX_MS:
+            return [Rejection(None, f"record timestamp {record_ms} ms is outside {YEARS} "
+                              "(the producer sets it: CreateTime)", value or b"")], False
+        if record_ms > now_ms + self.validator.max_future_ms:
+            return [Rejection(None, f"record timestamp {_rfc3339(record_ms)} is more than "
+                              f"{self.validator.max_future_ms // 60000} minutes in the future "
+                              "(check the producer's clock)", value or b"")], False
+        decoded = self.validator.decode(value, now_ms)
+        rejections = list(decoded.rejections)
+        service = state.table is SERVICE_MINUTE
+        plan = (self._plan_service if service else self._plan_security)(state, offset, record_ms, decoded, rejections)
+        if service:
+            try:
+                tracker = state.tracker
+                for item in plan.items:
+                    if type(item) is OpenItem:
+                        tracker.opened(item)
+                    else:
+                        tracker.closed_item(*item)
+                tracker.settle(record_ms)
+                if decoded.occurred_ms:
+                    self._overdue(state, min(max(decoded.occurred_ms), record_ms), offset)
+            except Exception:
+                state.rebuild = True
+                raise
+        try:
+            self._commit_plan(state, plan, record_ms, already_stored)
+        except Exception as exc:
+            raise ProcessorFailure(f"{state.topic}[{state.partition}] offset {offset}: could not apply a "
+                                   f"planned record ({type(exc).__name__}); stopping so that it is redelivered") from exc
+        return rejections, True
+
+    def _internal_error(self, state, offset, value, exc) -> Rejection:
+        """The record is rejected whole; the stack is logged once, without identifiers."""
+        INTERNAL_ERRORS.labels(state.topic).inc()
+        message = scrub_personal(str(exc), value)
+        if len(message) > 300:
+            message = message[:300] + "…"
+        reason = f"internal error: {type(exc).__name__}: {message}"
+        log.error("%s[%d] offset %d rejected, %s\n%s", state.topic, state.partition, offset, reason,
+                  "".join(traceback.format_tb(exc.__traceback__)).rstrip())
+        return Rejection(None, reason, value or b"")
 
     def _misrouted(self, event, index, rejections, expected_kind) -> None:
         right = self.settings.security_topic if expected_kind == "service" else self.settings.service_topic
@@ -244,16 +339,18 @@ class Processor:
             (index, f"field 'event_type': {event.event_type} belongs on topic {right}", msgspec.json.encode(event))
         )
 
-    def _service(self, state, offset, record_ms, decoded, rejections, already_stored) -> None:
-        rows, dirty, recent, tracker = state.rows, state.dirty, state.recent, state.tracker
-        raw_append = self.batch.service_raw.append
+    def _plan_service(self, state, offset, record_ms, decoded, rejections) -> "_Plan":
+        rows, recent = state.rows, state.recent
         topic_id, partition = state.topic_id, state.partition
+        touched: dict = {}  # key -> [row or None (new), counters to add, agency not in the catalogue]
+        raw = []
+        items = []  # receipts (OpenItem) and closings (kind, item id, occurred, due) for the tracker
         accepted = {}
         duplicates = 0
         unknown_agency: dict = {}
         knows_agency = self.knows_agency
         events = decoded.events
-        fresh = recent.admit([None if type(e) is SecurityAlert else e.event_id for e in events], record_ms)
+        fresh, hashes = recent.check([None if type(e) is SecurityAlert else e.event_id for e in events], record_ms)
         for event, index, occurred_ms, is_new in zip(events, decoded.indexes, decoded.occurred_ms, fresh):
             cls = type(event)
             if cls is SecurityAlert:
@@ -262,18 +359,21 @@ class Processor:
             if not is_new:
                 duplicates += 1
                 continue
-            event_id = event.event_id
             window = occurred_ms // 60000 * 60
             key = (window, event.province, event.agency)
-            row = rows.get(key)
-            if row is None:
-                row = state.new_row(key, N_SERVICE)
-                row.unknown_agency = not knows_agency(event.province, event.agency)
-            if offset <= row.version:
+            entry = touched.get(key)
+            if entry is None:
+                row = rows.get(key)
+                if row is not None and offset <= row.version:
+                    entry = touched[key] = _ALREADY_APPLIED
+                else:
+                    unknown = row.unknown_agency if row is not None else not knows_agency(event.province, event.agency)
+                    entry = touched[key] = [row, [0] * N_SERVICE, unknown]
+            if entry is _ALREADY_APPLIED:
                 continue
-            c = row.counters
+            c = entry[1]
             c[0] += 1
-            if row.unknown_agency:
+            if entry[2]:
                 unknown_agency[event.province] = unknown_agency.get(event.province, 0) + 1
             due_ms = on_time = amount = 0
             item_id = procedure = service_level = channel = result = method = direction = applicant = ""
@@ -289,7 +389,7 @@ class Processor:
                 due_ms = to_millis(event.due_at)
                 if event.applicant_id is not None:
                     applicant = self.pseudonymise(event.applicant_id)
-                tracker.opened(open_item((due_ms, "dossier", item_id, event.province, event.agency, procedure)))
+                items.append(open_item((due_ms, "dossier", item_id, event.province, event.agency, procedure)))
             elif cls is DossierCompleted:
                 c[COMPLETED] += 1
                 due_ms = to_millis(event.due_at)
@@ -298,7 +398,7 @@ class Processor:
                     c[COMPLETED_ON_TIME] += 1
                 item_id, procedure, result = event.dossier_id, event.procedure_code, event.result
                 digitized = None if event.digitized is None else int(event.digitized)
-                tracker.closed_item("dossier", item_id, occurred_ms, due_ms)
+                items.append(("dossier", item_id, occurred_ms, due_ms))
             elif cls is PaymentCompleted:
                 c[PAYMENTS] += 1
                 amount = event.amount_vnd
@@ -311,12 +411,12 @@ class Processor:
             elif cls is DossierCancelled:
                 c[CANCELLED] += 1
                 item_id, procedure = event.dossier_id, event.procedure_code
-                tracker.closed_item("dossier", item_id, occurred_ms, None)
+                items.append(("dossier", item_id, occurred_ms, None))
             elif cls is FeedbackReceived:
                 c[FEEDBACK_RECEIVED] += 1
                 item_id, channel = event.feedback_id, event.channel
                 due_ms = to_millis(event.due_at)
-                tracker.opened(open_item((due_ms, "feedback", item_id, event.province, event.agency, "")))
+                items.append(open_item((due_ms, "feedback", item_id, event.province, event.agency, "")))
             elif cls is FeedbackResolved:
                 c[FEEDBACK_RESOLVED] += 1
                 due_ms = to_millis(event.due_at)
@@ -327,32 +427,30 @@ class Processor:
                     c[FEEDBACK_SATISFIED] += 1
                 satisfied = None if event.satisfied is None else int(event.satisfied)
                 item_id = event.feedback_id
-                tracker.closed_item("feedback", item_id, occurred_ms, due_ms)
+                items.append(("feedback", item_id, occurred_ms, due_ms))
             else:  # DocumentExchanged
                 direction = event.direction
                 c[DOCUMENTS_SENT if direction == "sent" else DOCUMENTS_RECEIVED] += 1
                 item_id = event.document_id
-            dirty.add(key)
             accepted[cls] = accepted.get(cls, 0) + 1
-            raw_append((
-                event_id, cls.__struct_config__.tag, occurred_ms, event.province,
+            raw.append((
+                event.event_id, cls.__struct_config__.tag, occurred_ms, event.province,
                 event.agency, event.source, item_id, procedure, service_level, channel, due_ms, on_time, result, digitized, amount, method,
                 satisfied, direction, applicant, topic_id, partition, offset,
                 -1 if index is None else index, record_ms,
             ))
-        tracker.settle(record_ms)
-        self._count(accepted, duplicates, already_stored)
-        for province, count in unknown_agency.items():
-            UNKNOWN_AGENCY.labels(province).inc(count)
+        return _Plan(touched, N_SERVICE, raw, self.batch.service_raw, items, hashes, fresh, accepted, duplicates,
+                     unknown_agency)
 
-    def _security(self, state, offset, record_ms, decoded, rejections, already_stored) -> None:
-        rows, dirty, recent = state.rows, state.dirty, state.recent
-        raw_append = self.batch.security_raw.append
+    def _plan_security(self, state, offset, record_ms, decoded, rejections) -> "_Plan":
+        rows, recent = state.rows, state.recent
         topic_id, partition = state.topic_id, state.partition
+        touched: dict = {}
+        raw = []
         accepted = 0
         duplicates = 0
         events = decoded.events
-        fresh = recent.admit([e.event_id if type(e) is SecurityAlert else None for e in events], record_ms)
+        fresh, hashes = recent.check([e.event_id if type(e) is SecurityAlert else None for e in events], record_ms)
         for event, index, occurred_ms, is_new in zip(events, decoded.indexes, decoded.occurred_ms, fresh):
             if type(event) is not SecurityAlert:
                 self._misrouted(event, index, rejections, "security")
@@ -360,25 +458,48 @@ class Processor:
             if not is_new:
                 duplicates += 1
                 continue
-            event_id = event.event_id
             window = occurred_ms // 60000 * 60
             technique = event.technique or ""
             key = (window, event.province, event.category, event.severity, event.action, event.sensor, technique)
-            row = rows.get(key) or state.new_row(key, N_SECURITY)
-            if offset <= row.version:
+            entry = touched.get(key)
+            if entry is None:
+                row = rows.get(key)
+                if row is not None and offset <= row.version:
+                    entry = touched[key] = _ALREADY_APPLIED
+                else:
+                    entry = touched[key] = [row, [0] * N_SECURITY, False]
+            if entry is _ALREADY_APPLIED:
                 continue
-            c = row.counters
+            c = entry[1]
             c[0] += 1
             c[1] += event.count
-            dirty.add(key)
             accepted += 1
-            raw_append((
-                event_id, occurred_ms, event.province, event.agency, event.source,
+            raw.append((
+                event.event_id, occurred_ms, event.province, event.agency, event.source,
                 event.category, event.severity, event.action, event.sensor, event.dst_asset,
                 event.src_ip or "", event.rule_id or "", technique, event.count,
                 topic_id, partition, offset, -1 if index is None else index, record_ms,
             ))
-        self._count({SecurityAlert: accepted} if accepted else {}, duplicates, already_stored)
+        return _Plan(touched, N_SECURITY, raw, self.batch.security_raw, (), hashes, fresh,
+                     {SecurityAlert: accepted} if accepted else {}, duplicates, {})
+
+    def _commit_plan(self, state, plan: "_Plan", record_ms: int, already_stored: bool) -> None:
+        """The plain end of a record's application: rows, raw events, the ids it accepted, metrics."""
+        dirty = state.dirty
+        for key, entry in plan.touched.items():
+            if entry is _ALREADY_APPLIED:
+                continue
+            row, counts, unknown = entry
+            if row is None:
+                row = state.new_row(key, plan.width)
+                row.unknown_agency = unknown
+            row.counters = list(map(add, row.counters, counts))
+            dirty.add(key)
+        plan.raw_table.extend(plan.raw)
+        state.recent.remember(plan.hashes, plan.fresh, record_ms)
+        self._count(plan.accepted, plan.duplicates, already_stored)
+        for province, count in plan.unknown_agency.items():
+            UNKNOWN_AGENCY.labels(province).inc(count)
 
     # -- overdue items -------------------------------------------------------------------
 
@@ -406,10 +527,24 @@ class Processor:
         now_ms = int(self.clock() * 1000)
         for state in self.partitions.values():
             tracker = state.tracker
-            if tracker is None or tracker.watermark < 0:
+            if tracker is None or tracker.watermark < 0 or state.rebuild:
                 continue
             if now_ms - state.last_record_wall_ms >= self.idle_ms and now_ms - tracker.watermark <= 300_000:
-                self._overdue(state, now_ms - self.idle_ms, state.next_offset - 1)
+                alerts_before = len(self.batch.alerts)
+                try:
+                    self._overdue(state, now_ms - self.idle_ms, state.next_offset - 1)
+                except Exception as exc:
+                    del self.batch.alerts[alerts_before:]
+                    self._tracker_failed(state, exc)
+
+    def _tracker_failed(self, state, exc) -> None:
+        """A defect in the overdue tracker outside any record: the partition's state is rebuilt
+        from ClickHouse before its next record, as on a take-over."""
+        INTERNAL_ERRORS.labels(state.topic).inc()
+        state.rebuild = True
+        log.error("%s[%d]: overdue tracking failed, rebuilding the partition's state before its next record: "
+                  "%s\n%s", state.topic, state.partition, type(exc).__name__,
+                  "".join(traceback.format_tb(exc.__traceback__)).rstrip())
 
     def take_unpublished(self) -> list:
         """Stored alerts to put on the alerts topic; call mark_published() once they are there."""
@@ -429,7 +564,7 @@ class Processor:
         """After a snapshot is stored: bring open items the watermark is nearing into memory."""
         for state in self.partitions.values():
             tracker = state.tracker
-            if tracker is None or not tracker.needs_load(self.lookahead_ms):
+            if tracker is None or state.rebuild or not tracker.needs_load(self.lookahead_ms):
                 continue
             up_to = tracker.watermark + self.lookahead_ms
             try:
@@ -437,8 +572,13 @@ class Processor:
             except StoreError as exc:
                 log.warning("could not load open items of partition %d (will retry): %s", state.partition, exc)
                 continue
-            tracker.load([OpenItem(due, kind, item, *rest) for kind, item, due, *rest in stored], up_to)
-            self._overdue(state, tracker.watermark, state.next_offset - 1)
+            alerts_before = len(self.batch.alerts)
+            try:
+                tracker.load([OpenItem(due, kind, item, *rest) for kind, item, due, *rest in stored], up_to)
+                self._overdue(state, tracker.watermark, state.next_offset - 1)
+            except Exception as exc:
+                del self.batch.alerts[alerts_before:]
+                self._tracker_failed(state, exc)
         TRACKED_ITEMS.set(sum(len(s.tracker) for s in self.partitions.values() if s.tracker is not None))
 
     @staticmethod
@@ -452,28 +592,17 @@ class Processor:
     def _reject(self, state, offset, record_ms, rejections) -> list:
         letters = []
         rejected_append = self.batch.rejected.append
+        stored_ms = min(max(record_ms, MIN_MS), MAX_MS)  # a rejected record's own time may be out of range
         for index, reason, original in rejections:
-            EVENTS_REJECTED.labels(_reason_label(reason)).inc()
+            EVENTS_REJECTED.labels(_reason_label(reason), state.topic).inc()
             item_index = -1 if index is None else index
             rejected_append((
-                state.topic, state.topic_id, state.partition, offset, item_index, record_ms,
-                record_ms // 1000, reason, original.decode("utf-8", errors="replace"),
+                state.topic, state.topic_id, state.partition, offset, item_index, stored_ms,
+                stored_ms // 1000, reason, stored_original(original, self.pseudonymise), len(original),
+                self.pseudonymise.digest(original),
             ))
-            letter = {
-                "reason": reason,
-                "topic": state.topic,
-                "partition": state.partition,
-                "offset": offset,
-                "item_index": index,
-                "record_timestamp_ms": record_ms,
-            }
-            try:
-                letter["original"] = original.decode("utf-8")
-            except UnicodeDecodeError:
-                letter["original"] = None
-                letter["original_base64"] = base64.b64encode(original).decode()
             key = f"{state.topic}:{state.partition}:{offset}:{item_index}".encode()
-            letters.append((key, msgspec.json.encode(letter)))
+            letters.append((key, dead_letter(reason, state.topic, state.partition, offset, index, record_ms, original)))
         return letters
 
     # -- ownership -----------------------------------------------------------------------

@@ -25,7 +25,7 @@ from opscentre.settings import Settings
 from sinks.clickhouse_sink import ClickHouseSink
 from sinks.schema import migrate
 
-from .processor import Processor, alert_messages
+from .processor import Processor, ProcessorFailure, alert_messages
 
 
 class ReplayError(ValueError):
@@ -132,7 +132,10 @@ def replay(settings: Settings, store: Store, start=None, end=None, start_ms: int
                         done.add(tp)
                         consumer.pause(tp)
                         break
-                    processor.process(tp.topic, tp.partition, message.offset, message.timestamp, message.value)
+                    try:
+                        processor.process(tp.topic, tp.partition, message.offset, message.timestamp, message.value)
+                    except ProcessorFailure as failure:
+                        raise ReplayError(f"{failure}; what was stored before it is exact, run the replay again") from None
                     report.records += 1
             now = time.monotonic()
             if now - last_flush >= flush_every_s:
