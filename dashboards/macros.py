@@ -82,7 +82,8 @@ Browser step (panels):
   `$__range`, `$__range_s`, `$__range_ms` and `$__rate_interval` are not replaced for this data
   source (Grafana: Prometheus and Loki only): they reach ClickHouse as written.
 - Ad hoc filters are not modelled: `$__adHocFilters('t')` becomes `additional_table_filters={}`,
-  as with no filter set, and no filter is appended.
+  as with no filter set, and no filter is appended. (The plugin turns them off below ClickHouse
+  22.7, and refuses a query that has any set there.)
 
 The query model the pinned plugin expects (a panel target; an alert rule's `model` is the same):
   {"refId": "A", "datasource": {"type": "grafana-clickhouse-datasource", "uid": "<uid>"},
@@ -90,7 +91,8 @@ The query model the pinned plugin expects (a panel target; an alert rule's `mode
    "pluginVersion": "4.20.0"}
   format (sqlutil.FormatQueryOption; the SQL editor derives it from queryType): 0 time series
   ("timeseries"), 1 table ("table"), 2 logs ("logs"), 3 traces ("traces"), 4 multi; the backend
-  also accepts those strings, and reads only rawSql, format, fillMode, schema, table, column,
+  also accepts those strings (a model without format is a time series query), and reads only
+  rawSql, format, fillMode, schema, table, column,
   connectionArgs and meta.timezone (the browser adds meta.timezone: the driver's time zone for
   results, not the SQL). editorType "builder" also sends rawSql, generated in the browser.
   An alert rule's data item: {"refId", "relativeTimeRange": {"from": 600, "to": 0},
