@@ -56,7 +56,7 @@ from dashboards.grafana.provisioning import (
     BuildError,
     build,
 )
-from dashboards.grafana.push import push
+from dashboards.grafana.push import PushError, push
 from opscentre.embedded import free_port
 from opscentre.settings import Settings, SettingsError
 
@@ -661,6 +661,18 @@ def test_dry_run_changes_nothing(grafana):
     lines, _ = run_push(grafana, dry_run=True, dashboard_language="en")
     assert grafana.dashboards["opscentre-pipeline"]["dashboard"]["title"] == "Đường ống dữ liệu"
     assert "would be updated" in next(line for line in lines if "opscentre-pipeline" in line)
+
+
+def test_push_leaves_provisioned_objects_to_their_files(grafana):
+    run_push(grafana)
+    grafana.datasources[PROMETHEUS_UID]["readOnly"] = True
+    with pytest.raises(PushError, match=f"data source {PROMETHEUS_UID} is provisioned from files .* differs \\(url\\)"):
+        run_push(grafana, grafana_prometheus="http://elsewhere:9090")
+    grafana.dashboards["opscentre-pipeline"]["meta"]["provisioned"] = True
+    with pytest.raises(PushError, match="dashboard opscentre-pipeline is provisioned from files"):
+        run_push(grafana, dashboard_language="en")
+    lines, _ = run_push(grafana)  # provisioned and equal: nothing to do, no error
+    assert lines[-1].startswith("push: Grafana already matches")
 
 
 def test_push_notes_another_plugin_version():

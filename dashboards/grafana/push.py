@@ -11,7 +11,9 @@ that has a password is left alone, so a changed password alone is not pushed.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
 from urllib.parse import urlparse
 
 import niquests.exceptions
@@ -46,6 +48,7 @@ class Change:
     title: str
     action: str  # create, update, unchanged
     detail: str = ""
+    write: Callable[[], object] | None = field(default=None, compare=False, repr=False)
 
     def line(self, dry_run: bool) -> str:
         done = {"create": "created", "update": "updated", "unchanged": "unchanged"}[self.action]
@@ -123,7 +126,7 @@ def check_grafana(grafana: _Grafana, warn) -> None:
              f"{CLICKHOUSE_PLUGIN_VERSION}")
 
 
-def _folders(grafana: _Grafana, settings: Settings, dry_run: bool) -> list[Change]:
+def _folders(grafana: _Grafana, settings: Settings) -> list[Change]:
     changes = []
     for folder in FOLDERS:
         if not any(board.folder.uid == folder.uid for board in BOARDS):
@@ -131,14 +134,12 @@ def _folders(grafana: _Grafana, settings: Settings, dry_run: bool) -> list[Chang
         title = folder_title(folder, settings)
         existing = grafana.call("read a folder", grafana.api.folder.get_folder, folder.uid, missing_ok=True)
         if existing is None:
-            if not dry_run:
-                grafana.call("create a folder", grafana.api.folder.create_folder, title, uid=folder.uid)
-            changes.append(Change("folder", folder.uid, title, "create"))
+            changes.append(Change("folder", folder.uid, title, "create", write=partial(
+                grafana.call, "create a folder", grafana.api.folder.create_folder, title, uid=folder.uid)))
         elif existing.get("title") != title:
-            if not dry_run:
-                grafana.call("rename a folder", grafana.api.folder.update_folder, folder.uid, title=title,
-                             version=existing.get("version"), overwrite=True)
-            changes.append(Change("folder", folder.uid, title, "update", f"was {existing.get('title')!r}"))
+            changes.append(Change("folder", folder.uid, title, "update", f"was {existing.get('title')!r}", partial(
+                grafana.call, "rename a folder", grafana.api.folder.update_folder, folder.uid, title=title,
+                version=existing.get("version"), overwrite=True)))
         else:
             changes.append(Change("folder", folder.uid, title, "unchanged"))
     return changes
@@ -152,7 +153,7 @@ def _datasource_differences(source: DataSource, existing: dict) -> list[str]:
     return differences
 
 
-def _datasources(grafana: _Grafana, settings: Settings, dry_run: bool) -> list[Change]:
+def _datasources(grafana: _Grafana, settings: Settings) -> list[Change]:
     changes = []
     for source in datasources(settings):
         secrets = {key: getattr(settings, field) for key, field in source.secrets.items()}
@@ -161,10 +162,9 @@ def _datasources(grafana: _Grafana, settings: Settings, dry_run: bool) -> list[C
                                 missing_ok=True)
         if existing is None:
             payload = {**source.fields(), "secureJsonData": {k: v for k, v in secrets.items() if v}}
-            if not dry_run:
-                grafana.call("create a data source", grafana.api.datasource.create_datasource, payload)
             detail = f"no {', '.join(unset)}: created without it" if unset else ""
-            changes.append(Change("datasource", source.uid, source.name, "create", detail))
+            changes.append(Change("datasource", source.uid, source.name, "create", detail, partial(
+                grafana.call, "create a data source", grafana.api.datasource.create_datasource, payload)))
             continue
         differences = _datasource_differences(source, existing)
         stored_secrets = existing.get("secureJsonFields") or {}
@@ -173,15 +173,18 @@ def _datasources(grafana: _Grafana, settings: Settings, dry_run: bool) -> list[C
         if not differences:
             changes.append(Change("datasource", source.uid, source.name, "unchanged"))
             continue
+        if existing.get("readOnly"):
+            raise PushError(f"data source {source.uid} is provisioned from files in Grafana at {grafana.url} "
+                            f"and differs ({', '.join(differences)}): change it with `dashboards build`")
         payload = {
             **{key: existing[key] for key in ("basicAuth", "withCredentials", "readOnly") if key in existing},
             **source.fields(),
             "jsonData": {**(existing.get("jsonData") or {}), **source.json_data},
             "secureJsonData": {k: v for k, v in secrets.items() if v},
         }
-        if not dry_run:
-            grafana.call("update a data source", grafana.api.datasource.update_datasource_by_uid, source.uid, payload)
-        changes.append(Change("datasource", source.uid, source.name, "update", ", ".join(differences)))
+        changes.append(Change("datasource", source.uid, source.name, "update", ", ".join(differences), partial(
+            grafana.call, "update a data source", grafana.api.datasource.update_datasource_by_uid, source.uid,
+            payload)))
     return changes
 
 
@@ -190,11 +193,12 @@ def _comparable(board_json: dict) -> dict:
     return {key: value for key, value in board_json.items() if key not in ("id", "version")}
 
 
-def _boards(grafana: _Grafana, settings: Settings, dry_run: bool) -> list[Change]:
+def _boards(grafana: _Grafana, settings: Settings) -> list[Change]:
     changes = []
     for board in BOARDS:
         wanted = render(board, settings)
         existing = grafana.call("read a dashboard", grafana.api.dashboard.get_dashboard, board.uid, missing_ok=True)
+        detail = ""
         if existing is not None:
             stored, meta = existing.get("dashboard") or {}, existing.get("meta") or {}
             if _comparable(stored) == _comparable(wanted) and meta.get("folderUid") == board.folder.uid:
@@ -205,26 +209,28 @@ def _boards(grafana: _Grafana, settings: Settings, dry_run: bool) -> list[Change
                                 "update it with `dashboards build`, or remove its provisioning to push it")
             moved = meta.get("folderUid") != board.folder.uid
             detail = "moved to its folder" if moved and _comparable(stored) == _comparable(wanted) else ""
-        if not dry_run:
-            grafana.call("save a dashboard", grafana.api.dashboard.update_dashboard, {
-                "dashboard": {**wanted, "id": None}, "folderUid": board.folder.uid, "overwrite": True,
-                "message": MESSAGE,
-            })
-        changes.append(Change("dashboard", board.uid, wanted["title"],
-                              "create" if existing is None else "update", "" if existing is None else detail))
+        save = partial(grafana.call, "save a dashboard", grafana.api.dashboard.update_dashboard, {
+            "dashboard": {**wanted, "id": None}, "folderUid": board.folder.uid, "overwrite": True, "message": MESSAGE,
+        })
+        changes.append(Change("dashboard", board.uid, wanted["title"], "create" if existing is None else "update",
+                              detail, save))
     return changes
 
 
 def push(url: str, settings: Settings, *, dry_run: bool = False, out=print, warn=None) -> list[Change]:
-    """Create or update every folder, data source and board in Grafana at `url`; returns the changes."""
+    """Create or update every folder, data source and board in Grafana at `url`; returns the changes.
+
+    Everything is read and compared first: a refusal found on the way (a provisioned object, a
+    missing plugin) stops the push before anything is written.
+    """
     warn = warn or (lambda text: print(text, file=sys.stderr))
     grafana = _Grafana(url, settings.grafana_token)
     check_grafana(grafana, warn)
-    changes = []
-    for step in (_folders, _datasources, _boards):
-        for change in step(grafana, settings, dry_run):
-            out(change.line(dry_run))
-            changes.append(change)
+    changes = [change for step in (_folders, _datasources, _boards) for change in step(grafana, settings)]
+    for change in changes:
+        if change.write is not None and not dry_run:
+            change.write()
+        out(change.line(dry_run))
     out(summary(changes, dry_run))
     return changes
 
