@@ -36,12 +36,26 @@ from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models.dashboard import Dashboard
 
 from dashboards.grafana.boards import BOARDS
-from dashboards.grafana.common import FOLDERS, clickhouse, render, stat_panel
-from dashboards.grafana.datasources import (
-    CLICKHOUSE_UID,
-    PROMETHEUS_UID,
-    datasources,
+from dashboards.grafana.common import (
+    FOLDERS,
+    OPERATIONS,
+    Board,
+    bar_gauge_panel,
+    board_url,
+    clickhouse,
+    clickhouse_variable,
+    custom_variable,
+    dashboard,
+    link,
+    render,
+    stat_panel,
+    steps,
+    table_panel,
+    timeseries_panel,
+    value_texts,
+    with_rows,
 )
+from dashboards.grafana.datasources import CLICKHOUSE_UID, PROMETHEUS_UID, datasources
 from dashboards.grafana.i18n import Texts
 from dashboards.grafana.plugin import (
     CLICKHOUSE_PLUGIN_ID,
@@ -50,12 +64,7 @@ from dashboards.grafana.plugin import (
     Format,
     clickhouse_json_data,
 )
-from dashboards.grafana.provisioning import (
-    GRAFANA_DASHBOARDS,
-    MARKER,
-    BuildError,
-    build,
-)
+from dashboards.grafana.provisioning import GRAFANA_DASHBOARDS, MARKER, BuildError, build
 from dashboards.grafana.push import PushError, push
 from opscentre.embedded import free_port
 from opscentre.settings import Settings, SettingsError
@@ -123,6 +132,47 @@ def test_the_schema_rejects_what_grafana_would_reject():
     broken = copy.deepcopy(board_json)
     broken["panels"][1]["fieldConfig"]["defaults"]["thresholds"]["steps"][1]["value"] = None
     assert validator.is_valid(broken)  # the relaxation itself; the next test keeps it to base steps
+
+
+def sample_clickhouse_board(texts, _settings):
+    """What a ClickHouse board is made of, from the helpers the business boards use."""
+    province = custom_variable("province", texts("Province"), {"01": "Hà Nội", "79": "TP. Hồ Chí Minh"}, default="01")
+    agency = clickhouse_variable("agency", texts("Agency"),
+                                 "SELECT DISTINCT agency, agency FROM service_minute WHERE province = '${province}'")
+    on_time = clickhouse("SELECT 0.97 AS on_time FROM system.one WHERE '${province}' != ''")
+    per_minute = clickhouse("SELECT now() AS t, 1 AS n", Format.TIME_SERIES)
+    board = dashboard("opscentre-sample", texts("Sample"), texts).with_variable(province).with_variable(agency)
+    return with_rows(board, [(texts("Sample"), [
+        stat_panel(texts("On time"), [on_time], unit="percentunit", thresholds=steps("red", (0.95, "green")),
+                   mappings=value_texts({"1": ("100%", "green")})),
+        timeseries_panel(texts("Received"), [per_minute], unit="short", axis_label=texts("Received")),
+        bar_gauge_panel(texts("Agencies"), [on_time], unit="percentunit", max_value=1),
+        table_panel(texts("Agencies"), [on_time, per_minute], columns={"agency": texts("Agency")})
+        .links([link(texts("Agency"), board_url("opscentre-agency", carry=["province"],
+                                                 set_values={"agency": "${__data.fields.agency}"}))]),
+    ])])
+
+
+SAMPLE = Board("opscentre-sample", OPERATIONS, sample_clickhouse_board, {
+    "Province": "Tỉnh", "Agency": "Sở, ngành", "Sample": "Mẫu", "On time": "Đúng hạn", "Received": "Tiếp nhận",
+    "Agencies": "Các sở, ngành"})
+
+
+def test_the_helpers_for_clickhouse_boards_validate(language):
+    board_json = render(SAMPLE, settings(dashboard_language=language))
+    errors = list(dashboard_validator().iter_errors(board_json))
+    assert not errors, "\n".join(f"{list(e.absolute_path)}: {e.message[:300]}" for e in errors)
+    variables = {variable["name"]: variable for variable in board_json["templating"]["list"]}
+    assert variables["agency"]["query"].startswith("SELECT DISTINCT agency")
+    assert variables["agency"]["datasource"] == {"type": CLICKHOUSE_PLUGIN_ID, "uid": CLICKHOUSE_UID}
+    assert variables["province"]["current"]["value"] == "01"
+    targets = [target for panel in panels(board_json) for target in panel.get("targets", [])]
+    assert {target["pluginVersion"] for target in targets} == {CLICKHOUSE_PLUGIN_VERSION}
+    assert {target["editorType"] for target in targets} == {"sql"}
+    table = next(panel for panel in panels(board_json) if panel["type"] == "table")
+    assert [t["id"] for t in table["transformations"]] == ["merge", "organize"]
+    assert table["links"][0]["url"] == ("/d/opscentre-agency?${__url_time_range}&${province:queryparam}"
+                                        "&var-agency=${__data.fields.agency}")
 
 
 @pytest.mark.parametrize("board", BOARDS, ids=lambda board: board.uid)

@@ -363,6 +363,10 @@ def clickhouse_variable(name: str, label: str, sql: str, *, include_all: bool = 
     )
 
 
+def _escape(item: str) -> str:
+    return item.replace(",", "\\,")
+
+
 def custom_variable(name: str, label: str, choices: Mapping[str, str], *, default: str | None = None
                     ) -> dashboard_builders.CustomVariable:
     """A fixed list of (value -> text shown) choices, e.g. a province list read from the settings."""
@@ -371,7 +375,8 @@ def custom_variable(name: str, label: str, choices: Mapping[str, str], *, defaul
     variable = (
         dashboard_builders.CustomVariable(name)
         .label(label)
-        .values(",".join(f"{text} : {value}" for value, text in choices.items()))
+        # Grafana's custom list: comma-separated "text : value" pairs, a literal comma as "\\,".
+        .values(",".join(f"{_escape(text)} : {_escape(value)}" for value, text in choices.items()))
         .options(options)
     )
     if default is not None:

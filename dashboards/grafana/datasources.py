@@ -33,6 +33,8 @@ class DataSource:
     type: str
     json_data: dict
     url: str = ""
+    # Never the default: boards name their data source by uid, and an existing Grafana keeps its
+    # own default (two provisioned defaults in one organisation stop Grafana's provisioning).
     is_default: bool = False
     # secureJsonData key -> the Settings field (OPSCENTRE_<FIELD>) holding its value
     secrets: dict[str, str] = field(default_factory=dict)
@@ -50,15 +52,16 @@ def secret_variable(settings_field: str) -> str:
 
 
 def datasources(settings: Settings) -> list[DataSource]:
+    # Names are unique in a Grafana organisation, and file provisioning finds a data source by its
+    # name: a plain "Prometheus" would take over the one an existing Grafana already has.
     return [
         DataSource(
-            uid=CLICKHOUSE_UID, name="ClickHouse", type=CLICKHOUSE_PLUGIN_ID,
+            uid=CLICKHOUSE_UID, name="opscentre ClickHouse", type=CLICKHOUSE_PLUGIN_ID,
             json_data=clickhouse_json_data(settings.grafana_clickhouse),
             secrets={"password": "grafana_clickhouse_password"},
         ),
         DataSource(
-            uid=PROMETHEUS_UID, name="Prometheus", type="prometheus", url=settings.grafana_prometheus,
-            is_default=True,
+            uid=PROMETHEUS_UID, name="opscentre Prometheus", type="prometheus", url=settings.grafana_prometheus,
             json_data={"httpMethod": "POST", "timeInterval": PROMETHEUS_SCRAPE_INTERVAL},
         ),
     ]
