@@ -64,7 +64,12 @@ from dashboards.grafana.plugin import (
     Format,
     clickhouse_json_data,
 )
-from dashboards.grafana.provisioning import GRAFANA_DASHBOARDS, MARKER, BuildError, build
+from dashboards.grafana.provisioning import (
+    GRAFANA_DASHBOARDS,
+    MARKER,
+    BuildError,
+    build,
+)
 from dashboards.grafana.push import PushError, push
 from opscentre.embedded import free_port
 from opscentre.settings import Settings, SettingsError
