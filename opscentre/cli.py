@@ -102,6 +102,17 @@ def build_parser() -> argparse.ArgumentParser:
     form = card.add_mutually_exclusive_group()
     form.add_argument("--json", action="store_true", help="one JSON object per row (province, then agencies)")
     form.add_argument("--csv", action="store_true", help="CSV with a header row")
+
+    boards = commands.add_parser("dashboards", help="the Grafana boards: a provisioning tree, or pushed to a Grafana")
+    board_commands = boards.add_subparsers(dest="dashboards_command", metavar="ACTION", parser_class=_Parser)
+    board_commands.required = True
+    build = board_commands.add_parser(
+        "build", help="write the provisioning tree (data sources, folders, boards) into DIR, emptied first")
+    build.add_argument("--out", required=True, metavar="DIR", help="output directory (new, empty, or an earlier build)")
+    push = board_commands.add_parser(
+        "push", help="create or update folders, data sources and boards in a Grafana (token: OPSCENTRE_GRAFANA_TOKEN)")
+    push.add_argument("--grafana", required=True, metavar="URL", help="Grafana's address, e.g. http://grafana:3000")
+    push.add_argument("--dry-run", action="store_true", help="print what would change, change nothing")
     return parser
 
 
@@ -245,6 +256,24 @@ def cmd_replay(args, settings: Settings) -> int:
     return 0
 
 
+def cmd_dashboards(args, settings: Settings) -> int:
+    from pathlib import Path
+
+    from dashboards.grafana.provisioning import BuildError, build
+    from dashboards.grafana.push import PushError, push
+
+    try:
+        if args.dashboards_command == "build":
+            out = Path(args.out).resolve()
+            written = build(out, settings)
+            print(f"dashboards build: {len(written)} files in {out}")
+        else:
+            push(args.grafana, settings, dry_run=args.dry_run)
+    except (BuildError, PushError) as exc:
+        raise CommandError(str(exc)) from None
+    return 0
+
+
 def cmd_run(args, settings: Settings) -> int:
     from .local import run_local
 
@@ -254,6 +283,7 @@ def cmd_run(args, settings: Settings) -> int:
 COMMANDS = {
     "run": cmd_run, "simulate": cmd_simulate, "ingest": cmd_ingest, "worker": cmd_worker,
     "db": cmd_db, "kpi": cmd_kpi, "scorecard": cmd_scorecard, "replay": cmd_replay,
+    "dashboards": cmd_dashboards,
 }
 
 

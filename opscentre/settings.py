@@ -48,9 +48,9 @@ def _share(name: str, default: float) -> float:
     return value
 
 
-def _setting(default, minimum: float = 0, share: bool = False):
+def _setting(default, minimum: float = 0, share: bool = False, choices: tuple[str, ...] = ()):
     """A setting read from OPSCENTRE_<NAME> (its field name in capitals), parsed like its default."""
-    return field(default=default, metadata={"minimum": minimum, "share": share})
+    return field(default=default, metadata={"minimum": minimum, "share": share, "choices": choices})
 
 
 # Variables of earlier releases: refused with the new name rather than silently ignored.
@@ -90,6 +90,14 @@ class Settings:
     target_feedback_on_time: float = _setting(0.90, share=True)
     target_satisfied: float = _setting(0.80, share=True)
     data_dir: str = "./var"
+    # Grafana boards (dashboards/grafana): the language of their text, the data sources they are
+    # provisioned with (the password goes to Grafana as ${OPSCENTRE_GRAFANA_CLICKHOUSE_PASSWORD},
+    # never written out), and the token `dashboards push` authenticates with.
+    dashboard_language: str = _setting("vi", choices=("vi", "en"))
+    grafana_clickhouse: str = "clickhouse://grafana@clickhouse:9000/opscentre"
+    grafana_clickhouse_password: str | None = None
+    grafana_prometheus: str = "http://prometheus:9090"
+    grafana_token: str | None = None
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -108,6 +116,9 @@ class Settings:
                 values[setting.name] = _float(name, default, minimum=minimum)
             else:
                 values[setting.name] = _env(name, default)
+            choices = setting.metadata.get("choices")
+            if choices and values[setting.name] not in choices:
+                raise SettingsError(f"{name}: one of {', '.join(choices)}, got {values[setting.name]!r}")
         return cls(**values)
 
     def with_overrides(self, **changes) -> "Settings":

@@ -9,14 +9,18 @@ case "$action" in run|test|setup) ;; *) echo "usage: bash scripts/dev.sh run|tes
 
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 packages=()
+lean=()  # installed without their recommended packages
 command -v python3 >/dev/null || packages+=(python3)
 python3 -c "import venv, ensurepip" 2>/dev/null || packages+=(python3-venv python3-pip)
 if [ "$action" = test ]; then
   command -v clickhouse-server >/dev/null || packages+=(clickhouse-server clickhouse-client)
+  command -v prometheus >/dev/null || lean+=(prometheus)  # the boards' PromQL runs on it
 fi
-if [ ${#packages[@]} -gt 0 ]; then
+if [ $(( ${#packages[@]} + ${#lean[@]} )) -gt 0 ]; then
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${packages[@]}" >/dev/null
+  [ ${#packages[@]} -eq 0 ] || DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${packages[@]}" >/dev/null
+  [ ${#lean[@]} -eq 0 ] || DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+    "${lean[@]}" >/dev/null
 fi
 
 if [ ! -x .venv/bin/python ]; then

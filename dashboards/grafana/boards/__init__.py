@@ -1,0 +1,7 @@
+"""Every board, in the order the menu lists them. A new board is a module here and a line below."""
+
+from __future__ import annotations
+
+from . import pipeline
+
+BOARDS = [pipeline.BOARD]
