@@ -1,0 +1,1 @@
+"""Alerting as code: the pipeline's Prometheus rules and the Alertmanager routing, from the config."""
