@@ -11,12 +11,20 @@ SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 packages=()
 command -v python3 >/dev/null || packages+=(python3)
 python3 -c "import venv, ensurepip" 2>/dev/null || packages+=(python3-venv python3-pip)
+alerting=()  # promtool, amtool and the servers the alerting tests start
 if [ "$action" = test ]; then
   command -v clickhouse-server >/dev/null || packages+=(clickhouse-server clickhouse-client)
+  command -v promtool >/dev/null || alerting+=(prometheus)
+  command -v amtool >/dev/null || alerting+=(prometheus-alertmanager)
+fi
+if [ ${#packages[@]} -gt 0 ] || [ ${#alerting[@]} -gt 0 ]; then
+  $SUDO apt-get update -qq
 fi
 if [ ${#packages[@]} -gt 0 ]; then
-  $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${packages[@]}" >/dev/null
+fi
+if [ ${#alerting[@]} -gt 0 ]; then
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${alerting[@]}" >/dev/null
 fi
 
 if [ ! -x .venv/bin/python ]; then

@@ -162,3 +162,10 @@ def test_the_runbook_has_a_section_for_every_alert():
     for rules in prometheus_rules.alerting_rules(config).values():
         for rule in rules:
             assert rule["annotations"]["runbook_url"] == "dashboards/runbook.md#" + rule["alert"].lower()
+
+
+def test_the_readme_lists_every_alert():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    paging = readme.split("\n## Paging\n", 1)[1].split("\n## ", 1)[0]
+    for name in prometheus_rules.alert_names(Config.from_settings(Settings())):
+        assert f"`{name}`" in paging, name
