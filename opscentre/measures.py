@@ -29,3 +29,7 @@ SERVICE_DIMENSIONS = ("province", "agency")
 
 SECURITY_COUNTERS = ("events", "alerts")
 SECURITY_DIMENSIONS = ("province", "category", "severity", "action", "sensor", "technique")
+
+# Upper bounds (s) of opscentre_stream_end_to_end_seconds: the worker's histogram, and the latency
+# objective of the alerting rules, which must be one of them (dashboards/config.py).
+END_TO_END_BUCKETS = (0.1, 0.25, 0.5, 1, 1.5, 2, 3, 5, 10, 30, 60, 300)

@@ -98,6 +98,43 @@ class Settings:
     grafana_clickhouse_password: str | None = None
     grafana_prometheus: str = "http://prometheus:9090"
     grafana_token: str | None = None
+    # Alerting (dashboards/config.py): thresholds of the pipeline's Prometheus rules ...
+    alert_down_for_s: float = _setting(120.0, minimum=1.0)
+    alert_lag_warning_s: float = _setting(60.0, minimum=1.0)
+    alert_lag_critical_s: float = _setting(300.0, minimum=1.0)
+    alert_lag_for_s: float = _setting(300.0, minimum=1.0)
+    alert_lag_growth_window_s: float = _setting(900.0, minimum=60.0)
+    alert_lag_growth_per_s: float = _setting(0.01, minimum=0.0001)
+    latency_objective_s: float = _setting(5.0, minimum=0.1)
+    latency_objective_share: float = _setting(0.99, share=True)
+    alert_rejected_share_jump: float = _setting(0.05, share=True)
+    alert_rejected_min_events: int = _setting(100, minimum=1)
+    alert_clickhouse_failing_for_s: float = _setting(60.0, minimum=1.0)
+    alert_write_failures: int = _setting(5, minimum=1)
+    alert_watermark_stall_s: float = _setting(900.0, minimum=120.0)
+    alert_forwarder_failing_for_s: float = _setting(300.0, minimum=1.0)
+    alert_post_failures: int = _setting(5, minimum=1)
+    runbook_url: str = "dashboards/runbook.md"
+    alert_pipeline_team: str = "platform"
+    # ... Prometheus's scrape targets (compose service names) ...
+    prometheus_worker_job: str = "opscentre-worker"
+    prometheus_forwarder_job: str = "opscentre-forwarder"
+    prometheus_worker_targets: str = "worker:9108"
+    prometheus_forwarder_targets: str = "forwarder:9108"
+    prometheus_alertmanagers: str = "alertmanager:9093"
+    prometheus_scrape_interval_s: float = _setting(15.0, minimum=1.0)
+    # ... and Alertmanager's routing and receivers; secrets are read from files, never given here.
+    teams_file: str | None = None
+    alert_group_wait_s: float = _setting(30.0, minimum=0.0)
+    alert_group_interval_s: float = _setting(300.0, minimum=1.0)
+    alert_repeat_interval_s: float = _setting(14400.0, minimum=60.0)
+    alert_smtp_smarthost: str = "localhost:25"
+    alert_smtp_from: str = "opscentre@localhost"
+    alert_smtp_username: str | None = None
+    alert_smtp_password_file: str = "/run/secrets/alertmanager_smtp_password"
+    alert_telegram_token_file: str = "/run/secrets/alertmanager_telegram_bot_token"
+    alert_telegram_api_url: str = "https://api.telegram.org"
+    alert_webhook_token_file: str | None = None
 
     @classmethod
     def from_env(cls) -> "Settings":

@@ -14,7 +14,8 @@ command -v python3 >/dev/null || packages+=(python3)
 python3 -c "import venv, ensurepip" 2>/dev/null || packages+=(python3-venv python3-pip)
 if [ "$action" = test ]; then
   command -v clickhouse-server >/dev/null || packages+=(clickhouse-server clickhouse-client)
-  command -v prometheus >/dev/null || lean+=(prometheus)  # the boards' PromQL runs on it
+  command -v promtool >/dev/null || lean+=(prometheus)  # the boards' PromQL, the alerting tests
+  command -v amtool >/dev/null || lean+=(prometheus-alertmanager)
 fi
 if [ $(( ${#packages[@]} + ${#lean[@]} )) -gt 0 ]; then
   $SUDO apt-get update -qq

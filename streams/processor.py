@@ -41,8 +41,8 @@ from opscentre.events import (
     Validator,
     to_millis,
 )
+from opscentre.measures import END_TO_END_BUCKETS, SECURITY_COUNTERS, SERVICE_COUNTERS
 from opscentre.rejections import dead_letter, scrub_personal, stored_original
-from opscentre.measures import SECURITY_COUNTERS, SERVICE_COUNTERS
 from sinks.clickhouse_sink import (
     ALERT_COLUMNS,
     SECURITY_MINUTE,
@@ -66,7 +66,7 @@ DUPLICATES = Counter("opscentre_stream_duplicates_dropped_total", "Events droppe
 REPLAYED = Counter("opscentre_stream_records_already_applied_total", "Records redelivered whose effect was already stored")
 LATENCY = Histogram(
     "opscentre_stream_end_to_end_seconds", "From record produced to its rows written in ClickHouse",
-    buckets=(0.1, 0.25, 0.5, 1, 1.5, 2, 3, 5, 10, 30, 60, 300),
+    buckets=END_TO_END_BUCKETS,
 )
 LAST_WINDOW = Gauge("opscentre_stream_last_window_written_seconds", "Start of the latest minute written (epoch s)")
 PARTITIONS = Gauge("opscentre_stream_partitions_owned", "Source partitions with state in this worker")
