@@ -259,7 +259,8 @@ def cmd_replay(args, settings: Settings) -> int:
 def cmd_dashboards(args, settings: Settings) -> int:
     from pathlib import Path
 
-    from dashboards.grafana.provisioning import BuildError, build
+    from dashboards.build import build
+    from dashboards.grafana.provisioning import BuildError
     from dashboards.grafana.push import PushError, push
 
     try:
