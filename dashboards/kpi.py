@@ -1,8 +1,10 @@
 """The KPIs of CONTRACT §2, computed in ClickHouse.
 
-A period [from, to) is split into whole minutes, read from the per-minute
-tables, and the partial minutes at either end, read from the raw events, so
-any period is exact and the common minute-aligned one touches no raw data.
+A period [from, to) is split into the fewest whole buckets the per-partition
+tables hold — months, then days, hours and minutes towards each end — and the
+partial minutes at either end, read from the raw events: any period is exact,
+a minute-aligned one touches no raw data, and a year reads about twelve months,
+two sets of days and hours and minutes at most, whatever history is stored.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from opscentre.catalogue import Catalogue, default_catalogue
 from opscentre.clickhouse import Store, quote
 from opscentre.events import HIGH_SEVERITY
 from opscentre.measures import SERVICE_COUNTERS
+from sinks.clickhouse_sink import GRAINS, SECURITY_MINUTE, SERVICE_MINUTE, grain_table
 
 _RAW_SERVICE = {
     "events": "count()",
@@ -77,7 +80,7 @@ def rate(numerator: int, denominator: int):
 
 
 class Period:
-    """[from, to) as milliseconds, split into whole minutes and the partial edges."""
+    """[from, to) as milliseconds: whole buckets (grain, start s, end s) and the partial edges (ms)."""
 
     def __init__(self, start: dt.datetime, end: dt.datetime):
         if end <= start:
@@ -87,11 +90,31 @@ class Period:
         first_minute = -(-self.start_ms // 60000) * 60000
         last_minute = self.end_ms // 60000 * 60000
         if first_minute >= last_minute:  # no whole minute inside
-            self.minutes = None
+            self.buckets = []
             self.edges = [(self.start_ms, self.end_ms)]
         else:
-            self.minutes = (first_minute // 1000, last_minute // 1000)
+            self.buckets = whole_buckets(first_minute // 1000, last_minute // 1000)
             self.edges = [(a, b) for a, b in ((self.start_ms, first_minute), (last_minute, self.end_ms)) if a < b]
+
+
+def whole_buckets(start_s: int, end_s: int) -> list:
+    """[start, end) (whole minutes, epoch s) as the fewest buckets: (Grain, start s, end s), coarse in the
+    middle, finer towards each end."""
+    left, right = [], []
+    low, high = start_s, end_s
+    for finer, coarser in zip(GRAINS, GRAINS[1:]):
+        first = coarser.bucket(low)
+        if first < low:
+            first = coarser.next(first)
+        last = coarser.bucket(high)
+        if first >= last:  # no whole coarser bucket inside
+            return left + [(finer, low, high)] + right[::-1]
+        if low < first:
+            left.append((finer, low, first))
+        if last < high:
+            right.append((finer, last, high))
+        low, high = first, last
+    return left + [(GRAINS[-1], low, high)] + right[::-1]
 
 
 def _province_filter(province: str | None) -> str:
@@ -116,25 +139,29 @@ def counters(store: Store, period: Period, province: str | None, by_agency: bool
     {(province, agency): ...} for service counters only with `by_agency`."""
     totals: dict = {}
     where_province = _province_filter(province)
-    sources = []  # (table, expressions, where, keys)
-    if period.minutes:
-        a, b = period.minutes
-        minutes = f"window_start >= toDateTime({a}) AND window_start < toDateTime({b}){where_province}"
-        sources.append(("service_minute", [f"sum({name})" for name in SERVICE_COUNTERS], minutes, SERVICE_COUNTERS))
-        if not by_agency:
-            sources.append(("security_minute", _MINUTE_SECURITY, minutes, SECURITY_KEYS))
-    for a_ms, b_ms in period.edges:
-        edge = f"{_raw_range(a_ms, b_ms)}{where_province}"
-        sources.append(("service_events", list(_RAW_SERVICE.values()), edge, SERVICE_COUNTERS))
-        if not by_agency:
-            sources.append(("security_events", _RAW_SECURITY, edge, SECURITY_KEYS))
     group = "province, agency" if by_agency else "province"
     width = 2 if by_agency else 1
-    for table, expressions, where, keys in sources:
-        for row in store.query(
-            f"SELECT {group}, {', '.join(expressions)} FROM {store.table(table)} FINAL "
-            f"WHERE {where} GROUP BY {group}"
-        ):
+    queries = []  # (SQL, keys)
+    families = [(SERVICE_MINUTE, [f"sum({name})" for name in SERVICE_COUNTERS], SERVICE_COUNTERS)]
+    if not by_agency:
+        families.append((SECURITY_MINUTE, list(_MINUTE_SECURITY), SECURITY_KEYS))
+    for table, expressions, keys in families:
+        parts = [
+            f"SELECT {group}, {', '.join(expressions)} FROM {store.table(grain_table(table, grain))} FINAL "
+            f"WHERE window_start >= toDateTime({a}) AND window_start < toDateTime({b}){where_province} GROUP BY {group}"
+            for grain, a, b in period.buckets
+        ]
+        if parts:
+            queries.append((" UNION ALL ".join(parts), keys))
+    for a_ms, b_ms in period.edges:
+        edge = f"{_raw_range(a_ms, b_ms)}{where_province}"
+        queries.append((f"SELECT {group}, {', '.join(_RAW_SERVICE.values())} FROM {store.table('service_events')} FINAL "
+                        f"WHERE {edge} GROUP BY {group}", SERVICE_COUNTERS))
+        if not by_agency:
+            queries.append((f"SELECT {group}, {', '.join(_RAW_SECURITY)} FROM {store.table('security_events')} FINAL "
+                            f"WHERE {edge} GROUP BY {group}", SECURITY_KEYS))
+    for sql, keys in queries:
+        for row in store.query(sql):
             _add(totals, tuple(row[:width]) if by_agency else row[0], keys, row[width:])
     return totals
 

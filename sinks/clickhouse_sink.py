@@ -9,6 +9,7 @@ so they must only land once everything before them has.
 
 from __future__ import annotations
 
+import datetime
 import time
 from dataclasses import dataclass, field
 
@@ -65,6 +66,41 @@ SERVICE_MINUTE = AggregateTable("service_minute", SERVICE_DIMENSIONS, SERVICE_CO
 SECURITY_MINUTE = AggregateTable("security_minute", SECURITY_DIMENSIONS, SECURITY_COUNTERS)
 
 
+@dataclass(frozen=True)
+class Grain:
+    """A bucket size of the per-partition rows: minute rows are kept by the stream, the coarser ones
+    are sums of the finer ones, recomputed in ClickHouse after each write (see Rollups)."""
+
+    name: str
+    bucket_sql: str  # the bucket's start (epoch s, UTC) of the row's `window_start`
+
+    def bucket(self, window_s: int) -> int:
+        if self.name == "month":
+            day = datetime.datetime.fromtimestamp(window_s, datetime.timezone.utc)
+            return int(datetime.datetime(day.year, day.month, 1, tzinfo=datetime.timezone.utc).timestamp())
+        return window_s - window_s % SPANS[self.name]
+
+    def next(self, bucket_s: int) -> int:
+        if self.name == "month":
+            day = datetime.datetime.fromtimestamp(bucket_s, datetime.timezone.utc)
+            year, month = (day.year + 1, 1) if day.month == 12 else (day.year, day.month + 1)
+            return int(datetime.datetime(year, month, 1, tzinfo=datetime.timezone.utc).timestamp())
+        return bucket_s + SPANS[self.name]
+
+
+SPANS = {"minute": 60, "hour": 3600, "day": 86400}
+MINUTE = Grain("minute", "toUInt32(window_start)")
+HOUR = Grain("hour", "intDiv(toUInt32(window_start), 3600) * 3600")
+DAY = Grain("day", "intDiv(toUInt32(window_start), 86400) * 86400")
+MONTH = Grain("month", "toUInt32(toStartOfMonth(window_start)) * 86400")
+GRAINS = (MINUTE, HOUR, DAY, MONTH)
+
+
+def grain_table(table: AggregateTable, grain: Grain) -> str:
+    """service_minute -> service_hour, ..."""
+    return table.name.rsplit("_", 1)[0] + "_" + grain.name
+
+
 @dataclass
 class WriteBatch:
     """Rows (tuples in the column order of each table) for one flush."""
@@ -97,6 +133,12 @@ class WriteBatch:
         ]
 
 
+def touched_windows(table: AggregateTable, rows: list) -> set:
+    """(topic id, partition, minute) of minute rows (tuples in `table.columns` order)."""
+    at = 1 + len(table.dimensions)
+    return {(row[at], row[at + 1], row[0]) for row in rows}
+
+
 def _columns(rows: list, width: int) -> list:
     # Tuples as zip makes them: the driver copies each column into its blocks anyway.
     return list(zip(*rows)) if rows else [() for _ in range(width)]
@@ -127,13 +169,51 @@ class ClickHouseSink:
         return record_write(self.write_rows(batch))
 
     def write_rows(self, batch: WriteBatch) -> list:
-        """Insert a batch; returns (table, rows, seconds) per insert, for the metrics."""
+        """Insert a batch, then its rollups; returns (table, rows, seconds) per statement, for the metrics."""
         stats = []
         for table, names, columns, count in batch.inserts():
             started = time.perf_counter()
             self.store.insert(table, list(names), columns)
             stats.append((table, count, time.perf_counter() - started))
+        for table, rows in ((SERVICE_MINUTE, batch.service_minute), (SECURITY_MINUTE, batch.security_minute)):
+            if rows:
+                stats += self.recompute_rollups(table, touched_windows(table, rows))
         return stats
+
+    def recompute_rollups(self, table: AggregateTable, touched: set) -> list:
+        """Recompute the hour, day and month rows over the (topic id, partition, minute) given, each
+        level the sum of the one below it (FINAL: the newest version of every row).
+
+        A coarse row is a function of the stored finer rows, so recomputing it is always safe:
+        after a write, and for a partition taken over, whose last rows may have been stored by a
+        worker that died before their rollups were (their records were not acknowledged then)."""
+        stats = []
+        dims = ", ".join(table.dimensions)
+        sums = ", ".join(f"sum({name})" for name in table.counters)
+        columns = ", ".join(table.columns)
+        for finer, coarser in zip(GRAINS, GRAINS[1:]):
+            touched = {(topic_id, partition, coarser.bucket(window)) for topic_id, partition, window in touched}
+            low = min(bucket for _, _, bucket in touched)
+            high = coarser.next(max(bucket for _, _, bucket in touched))
+            keys = ", ".join(f"({quote(t)}, {int(p)}, {int(b)})" for t, p, b in sorted(touched))
+            started = time.perf_counter()
+            self.store.execute(
+                f"INSERT INTO {self.store.table(grain_table(table, coarser))} ({columns}) "
+                f"SELECT toDateTime({coarser.bucket_sql}) AS bucket, {dims}, topic_id, source_partition, max(version), {sums} "
+                f"FROM {self.store.table(grain_table(table, finer))} FINAL "
+                f"WHERE window_start >= toDateTime({low}) AND window_start < toDateTime({high}) "
+                f"AND (topic_id, source_partition, {coarser.bucket_sql}) IN ({keys}) "
+                f"GROUP BY bucket, {dims}, topic_id, source_partition")
+            stats.append((grain_table(table, coarser), len(touched), time.perf_counter() - started))
+        return stats
+
+    def recompute_partition_rollups(self, table: AggregateTable, topic_id: str, partition: int, since_version: int) -> None:
+        """Rollups of a partition's rows stored at or after `since_version` (see recompute_rollups)."""
+        windows = self.store.query(
+            f"SELECT DISTINCT toUInt32(window_start) FROM {self.store.table(table.name)} "
+            f"WHERE topic_id = {quote(topic_id)} AND source_partition = {int(partition)} AND version >= {int(since_version)}")
+        if windows:
+            self.recompute_rollups(table, {(topic_id, partition, int(w)) for (w,) in windows})
 
     def _select_rows(self, table: AggregateTable, where: str) -> dict:
         dims = ", ".join(table.dimensions)

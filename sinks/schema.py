@@ -17,9 +17,15 @@ from __future__ import annotations
 from opscentre.clickhouse import Store
 from opscentre.measures import SECURITY_COUNTERS, SERVICE_COUNTERS
 
-SCHEMA_VERSION = 5
+from .clickhouse_sink import GRAINS, SECURITY_MINUTE, SERVICE_MINUTE, ClickHouseSink, grain_table
+
+# Partitions of the rollup tables: a month of hours, a year of days, all months in one.
+_ROLLUP_PARTITIONS = {"hour": "toYYYYMM(window_start)", "day": "toYear(window_start)", "month": "tuple()"}
+
+SCHEMA_VERSION = 6
 ITEM_VIEWS_SINCE = 3  # the version that added them; databases older than it are backfilled
 REDACTED_SINCE = 5  # rejected_events keeps no personal identifier from this version on
+ROLLUPS_SINCE = 6  # hour, day and month rows; databases older than it are filled from their minute rows
 
 # What the overdue tracker loads (streams.overdue): receipts by due time and closings by item, kept
 # by materialized views from service_events, so that loading the items due in the next hour, or a
@@ -278,10 +284,22 @@ def _add_columns(store: Store, table: str, columns: dict) -> None:
             store.execute(f"ALTER TABLE {store.table(table)} ADD COLUMN {name} {kind}")
 
 
+def rollup_statements(database: str, server_version: tuple[int, ...]) -> list[str]:
+    """The hour, day and month tables: the minute tables' columns and keys, coarser buckets."""
+    created = []
+    for table in (SERVICE_MINUTE, SECURITY_MINUTE):
+        source = next(sql for sql in statements(database, server_version) if f".{table.name} (" in sql)
+        for grain in GRAINS[1:]:
+            sql = source.replace(f".{table.name} (", f".{grain_table(table, grain)} (")
+            sql = sql.replace("PARTITION BY toYYYYMM(window_start)", f"PARTITION BY {_ROLLUP_PARTITIONS[grain.name]}")
+            created.append(sql)
+    return created
+
+
 def migrate(store: Store) -> int:
     """Create or upgrade the schema; returns the schema version. Safe to run twice."""
     version = store.server_version()
-    for sql in statements(store.database, version):
+    for sql in statements(store.database, version) + rollup_statements(store.database, version):
         store.execute(sql)
     for view, (target, select) in ITEM_VIEWS.items():
         store.execute(f"CREATE MATERIALIZED VIEW IF NOT EXISTS {store.table(view)} TO {store.table(target)} AS "
@@ -307,7 +325,14 @@ def migrate(store: Store) -> int:
             "position(reason, 'not a JSON event object') > 0, "
             "concat(substring(reason, 1, position(reason, 'not a JSON event object') + 22), ' (removed on upgrade)'), "
             "reason) WHERE original_digest = ''")
-    missing = sorted({ITEM_VIEWS_SINCE, REDACTED_SINCE, SCHEMA_VERSION} - applied)
+    if ROLLUPS_SINCE not in applied:
+        # Minute rows stored before the rollups existed: every bucket of theirs is computed once.
+        sink = ClickHouseSink(store)
+        for table in (SERVICE_MINUTE, SECURITY_MINUTE):
+            for topic_id, partition in store.query(
+                    f"SELECT DISTINCT topic_id, source_partition FROM {store.table(table.name)}"):
+                sink.recompute_partition_rollups(table, topic_id, int(partition), 0)
+    missing = sorted({ITEM_VIEWS_SINCE, REDACTED_SINCE, ROLLUPS_SINCE, SCHEMA_VERSION} - applied)
     if missing:
         store.insert("schema_migrations", ["version"], [missing])
     return SCHEMA_VERSION

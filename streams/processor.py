@@ -621,6 +621,8 @@ class Processor:
         table = SERVICE_MINUTE if kind == "service" else SECURITY_MINUTE
         topic_id = self.topic_ids[topic]
         snapshot = self.sink.load_partition(table, topic_id, partition, offset, record_ms, self.horizon_ms)
+        # Rows a worker that died stored past its last commit may lack their rollups.
+        self.sink.recompute_partition_rollups(table, topic_id, partition, offset)
         state = PartitionState(topic, topic_id, partition, table, self.horizon_ms)
         width = len(table.counters)
         for key, (counters, version) in snapshot.rows.items():

@@ -54,6 +54,9 @@ class MemorySink:
         return {k: (list(self.rows[(table.name, topic_id, partition, k)][0]), self.rows[(table.name, topic_id, partition, k)][1])
                 for k in keys if (table.name, topic_id, partition, k) in self.rows}
 
+    def recompute_partition_rollups(self, table, topic_id, partition, since_version):
+        pass
+
     def load_alert_state(self, topic_id, partition, first_offset, since_ms):
         return [], [], [], -1
 

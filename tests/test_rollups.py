@@ -1,0 +1,94 @@
+"""Hour, day and month rows: sums of the minute rows, on ClickHouse 18.16 and chDB; periods as the
+fewest whole buckets."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+
+import pytest
+
+from dashboards.kpi import whole_buckets
+from opscentre.clickhouse import connect
+from sinks.clickhouse_sink import GRAINS, SECURITY_MINUTE, SERVICE_MINUTE, ClickHouseSink, grain_table
+from sinks.schema import migrate
+
+
+def test_a_period_is_the_fewest_whole_buckets():
+    rnd = random.Random(3)
+    for _ in range(5000):
+        start = rnd.randrange(1_700_000_000, 1_800_000_000) // 60 * 60
+        end = start + 60 * rnd.choice([1, 59, 60, 61, 1440, 1441, 44_640, 600_000, rnd.randrange(1, 10**6)])
+        buckets = whole_buckets(start, end)
+        assert buckets[0][1] == start and buckets[-1][2] == end
+        for (_, _, first_end), (_, second_start, _) in zip(buckets, buckets[1:]):
+            assert first_end == second_start
+        for grain, a, b in buckets:
+            assert grain.bucket(a) == a and grain.bucket(b) == b and a < b
+        # No two neighbouring buckets of a grain that a coarser one could replace.
+        names = [grain.name for grain, _, _ in buckets]
+        assert names.count("month") <= 1
+    assert [g.name for g, _, _ in whole_buckets(1_764_547_200, 1_796_083_200)] == ["month"]  # 2025-12 .. 2026-12
+
+
+def _fill(store, tmp_minutes=3000):
+    from opscentre.settings import Settings
+    from producers.simulator import Simulator
+    from streams.processor import Processor
+
+    migrate(store)
+    settings = Settings(topic_prefix="r")
+    processor = Processor(settings, {settings.service_topic: "ts", settings.security_topic: "tz"},
+                          ClickHouseSink(store), b"k", ["%02d" % i for i in range(100)],
+                          clock=lambda: 1_795_000_000.0)
+    simulator = Simulator(4, 0.05, 1_790_000_000_000, steady=True)  # ~2 months of event time
+    events = [simulator.next_event() for _ in range(tmp_minutes)]
+    offsets = {}
+    for start in range(0, len(events), 40):
+        chunk = events[start:start + 40]
+        for topic, kind in ((settings.service_topic, False), (settings.security_topic, True)):
+            part = [e for e in chunk if (e["event_type"] == "security.alert") == kind]
+            if part:
+                partition = (start // 40) % 3
+                offset = offsets.get((topic, partition), 0)
+                offsets[(topic, partition)] = offset + 1
+                processor.process(topic, partition, offset, 1_794_999_000_000, json.dumps(part).encode())
+        if start % 400 == 0:
+            processor.flush()
+    processor.flush()
+
+
+def _check_sums(store) -> None:
+    for table in (SERVICE_MINUTE, SECURITY_MINUTE):
+        counters = ", ".join(f"sum({name})" for name in table.counters)
+        totals = [store.query(f"SELECT count(), {counters} FROM {store.table(grain_table(table, grain))} FINAL")[0]
+                  for grain in GRAINS]
+        assert totals[0][0] > totals[-1][0] > 0
+        assert len({tuple(int(v) for v in row[1:]) for row in totals}) == 1, totals
+        # Per bucket too: the day rows are the sums of the minute rows of each day.
+        dims = ", ".join(table.dimensions)
+        by_day = lambda source: store.query(  # noqa: E731
+            f"SELECT intDiv(toUInt32(window_start), 86400) AS d, {dims}, topic_id, source_partition, {counters} "
+            f"FROM {store.table(source)} FINAL GROUP BY d, {dims}, topic_id, source_partition ORDER BY d, {dims}, "
+            f"topic_id, source_partition")
+        assert by_day(table.name) == by_day(grain_table(table, GRAINS[2]))
+
+
+@pytest.mark.integration
+def test_rollups_are_the_sums_of_minute_rows_on_clickhouse_18(clickhouse_url):
+    store = connect(clickhouse_url)
+    _fill(store)
+    _check_sums(store)
+
+
+def test_rollups_are_the_sums_of_minute_rows_on_chdb(tmp_path):
+    # chDB allows one path per process: the check runs in a child process.
+    code = (
+        "import sys; sys.path.insert(0, '.');"
+        "from opscentre.clickhouse import connect; from tests.test_rollups import _fill, _check_sums;"
+        f"s = connect('chdb://{tmp_path}/ch'); _fill(s); _check_sums(s)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
