@@ -15,7 +15,7 @@ from opscentre.catalogue import Catalogue, default_catalogue
 from opscentre.clickhouse import Store, quote
 from opscentre.events import HIGH_SEVERITY
 from opscentre.measures import SERVICE_COUNTERS
-from sinks.clickhouse_sink import GRAINS, SECURITY_MINUTE, SERVICE_MINUTE, grain_table
+from sinks.clickhouse_sink import GRAINS, LIFECYCLE_MINUTE, SECURITY_MINUTE, SERVICE_MINUTE, grain_table
 
 _RAW_SERVICE = {
     "events": "count()",
@@ -166,27 +166,50 @@ def counters(store: Store, period: Period, province: str | None, by_agency: bool
     return totals
 
 
-def _open_at(t_ms: int) -> str:
-    """A dossier_lifecycle row received (at any time) and neither completed nor cancelled before t."""
-    return (f"received AND NOT (completed AND completed_ms < {int(t_ms)}) "
-            f"AND NOT (cancelled AND cancelled_ms < {int(t_ms)})")
-
-
 def overdue_open(store: Store, end_ms: int, province: str | None, by_agency: bool = False) -> dict:
     """{province (or (province, agency)): dossiers open at `to` and due before it} (CONTRACT §2)."""
-    return _lifecycle_count(store, f"{_open_at(end_ms)} AND due_ms < {int(end_ms)}", province, by_agency)
+    return lifecycle_count(store, end_ms, "dossiers_overdue", province, by_agency)
 
 
 def carried_over(store: Store, start_ms: int, province: str | None, by_agency: bool = False) -> dict:
     """{province (or (province, agency)): dossiers received before `from` and still open at `from`}."""
-    return _lifecycle_count(store, f"{_open_at(start_ms)} AND received_ms < {int(start_ms)}", province, by_agency)
+    return lifecycle_count(store, start_ms, "dossiers_open", province, by_agency)
 
 
-def _lifecycle_count(store: Store, where: str, province: str | None, by_agency: bool) -> dict:
-    group = "province, agency" if by_agency else "province"
-    sql = (f"SELECT {group}, count() FROM {store.table('dossier_lifecycle')} "
-           f"WHERE {where}{_province_filter(province)} GROUP BY {group}")
-    return {(tuple(row[:2]) if by_agency else row[0]): int(row[-1]) for row in store.query(sql)}
+_EDGE_FAMILIES = {
+    "dossiers_open": ("dossier", "open"), "dossiers_overdue": ("dossier", "overdue"),
+    "feedback_open": ("feedback", "open"), "feedback_overdue": ("feedback", "overdue"),
+}
+
+
+def lifecycle_count(store: Store, t_ms: int, interval: str, province: str | None, by_agency: bool = False,
+                    by_procedure: bool = False) -> dict:
+    """Items whose interval (`dossiers_open`, `dossiers_overdue`, `feedback_open`, `feedback_overdue`)
+    holds the instant t: the transitions before t (streams.lifecycle), summed over the fewest whole
+    buckets since 1970 (a year of history is about twelve month rows) and the edges of the last,
+    partial minute. {province, or (province, agency[, procedure_code]): count}, zeros left out."""
+    group = "province" + (", agency" if by_agency or by_procedure else "") + (", procedure_code" if by_procedure else "")
+    width = group.count(",") + 1
+    where_province = _province_filter(province)
+    minute_s = int(t_ms) // 60000 * 60
+    net = f"sum({interval}_entered) - sum({interval}_left)"
+    parts = [
+        f"SELECT {group}, {net} FROM {store.table(grain_table(LIFECYCLE_MINUTE, grain))} FINAL "
+        f"WHERE window_start >= toDateTime({a}) AND window_start < toDateTime({b}){where_province} GROUP BY {group}"
+        for grain, a, b in (whole_buckets(0, minute_s) if minute_s > 0 else [])
+    ]
+    kind, family = _EDGE_FAMILIES[interval]
+    if t_ms > minute_s * 1000:
+        parts.append(
+            f"SELECT {group}, sumIf(weight, direction = 'entered') - sumIf(weight, direction = 'left') "
+            f"FROM {store.table('lifecycle_edges')} FINAL WHERE kind = '{kind}' AND family = '{family}' "
+            f"AND at_ms >= {minute_s * 1000} AND at_ms < {int(t_ms)}{where_province} GROUP BY {group}")
+    totals: dict = {}
+    if parts:
+        for row in store.query(" UNION ALL ".join(parts)):
+            group_key = tuple(row[:width]) if width > 1 else row[0]
+            totals[group_key] = totals.get(group_key, 0) + int(row[-1])
+    return {group_key: count for group_key, count in totals.items() if count}
 
 
 def kpis(store: Store, province: str, start: dt.datetime, end: dt.datetime,

@@ -178,9 +178,12 @@ def cmd_worker(args, settings: Settings) -> int:
 
 def cmd_db(args, settings: Settings) -> int:
     from sinks.schema import migrate
+    from streams.lifecycle import fill
 
     store = _store(settings)
     version = migrate(store)
+    if fill(store):
+        print("lifecycle counts computed from the stored events")
     print(f"schema version {version} ready in {store.describe()} (server {'.'.join(map(str, store.server_version()))})")
     return 0
 

@@ -33,3 +33,11 @@ SECURITY_DIMENSIONS = ("province", "category", "severity", "action", "sensor", "
 # Upper bounds (s) of opscentre_stream_end_to_end_seconds: the worker's histogram, and the latency
 # objective of the alerting rules, which must be one of them (dashboards/config.py).
 END_TO_END_BUCKETS = (0.1, 0.25, 0.5, 1, 1.5, 2, 3, 5, 10, 30, 60, 300)
+
+# Transitions of items' intervals (streams.lifecycle): open on (received, closed], overdue on
+# (due, closed]. A count at t is the sum of entered - left over the buckets before t.
+LIFECYCLE_COUNTERS = tuple(
+    f"{kind}_{interval}_{direction}"
+    for kind in ("dossiers", "feedback") for interval in ("open", "overdue") for direction in ("entered", "left")
+)
+LIFECYCLE_DIMENSIONS = ("province", "agency", "procedure_code")

@@ -17,6 +17,8 @@ from prometheus_client import Counter, Histogram
 
 from opscentre.clickhouse import Store, quote
 from opscentre.measures import (
+    LIFECYCLE_COUNTERS,
+    LIFECYCLE_DIMENSIONS,
     SECURITY_COUNTERS,
     SECURITY_DIMENSIONS,
     SERVICE_COUNTERS,
@@ -36,6 +38,14 @@ SERVICE_RAW_COLUMNS = (
     "method", "satisfied", "direction", "applicant_hash",
     "topic_id", "source_partition", "source_offset", "item_index", "record_ms",
 )
+# The lifecycle transitions a service event causes (streams.lifecycle.LifecycleMarks), and the
+# item's province, agency and procedure when they are not the event's own ('': the event's).
+MARK_COLUMNS = (
+    "lc_open_entered_ms", "lc_open_entered", "lc_open_left_ms", "lc_open_left",
+    "lc_overdue_entered_ms", "lc_overdue_entered", "lc_overdue_left_ms", "lc_overdue_left",
+    "lc_province", "lc_agency", "lc_procedure",
+)
+NO_MARKS_ROW = (0, 0, 0, 0, 0, 0, 0, 0, "", "", "")
 SECURITY_RAW_COLUMNS = (
     "event_id", "occurred_ms", "province", "agency", "source", "category", "severity",
     "action", "sensor", "dst_asset", "src_ip", "rule_id", "technique", "count",
@@ -64,6 +74,9 @@ class AggregateTable:
 
 SERVICE_MINUTE = AggregateTable("service_minute", SERVICE_DIMENSIONS, SERVICE_COUNTERS)
 SECURITY_MINUTE = AggregateTable("security_minute", SECURITY_DIMENSIONS, SECURITY_COUNTERS)
+# Transitions of the open and overdue intervals of items (streams.lifecycle), per bucket of the
+# transition's time: sums of lifecycle_edges, recomputed like the rollups.
+LIFECYCLE_MINUTE = AggregateTable("lifecycle_minute", LIFECYCLE_DIMENSIONS, LIFECYCLE_COUNTERS)
 
 
 @dataclass(frozen=True)
@@ -106,6 +119,7 @@ class WriteBatch:
     """Rows (tuples in the column order of each table) for one flush."""
 
     service_raw: list = field(default_factory=list)  # SERVICE_RAW_COLUMNS
+    service_marks: list = field(default_factory=list)  # MARK_COLUMNS of each service_raw row, or empty
     security_raw: list = field(default_factory=list)  # SECURITY_RAW_COLUMNS
     rejected: list = field(default_factory=list)  # REJECTED_COLUMNS
     alerts: list = field(default_factory=list)  # ALERT_COLUMNS
@@ -118,7 +132,9 @@ class WriteBatch:
         return [
             (table, names, columns, count)
             for table, names, columns, count in (
-                ("service_events", SERVICE_RAW_COLUMNS, _columns(self.service_raw, len(SERVICE_RAW_COLUMNS)),
+                ("service_events", SERVICE_RAW_COLUMNS + (MARK_COLUMNS if self.service_marks else ()),
+                 _columns(self.service_raw, len(SERVICE_RAW_COLUMNS))
+                 + (_columns(self.service_marks, len(MARK_COLUMNS)) if self.service_marks else []),
                  len(self.service_raw)),
                 ("security_events", SECURITY_RAW_COLUMNS, _columns(self.security_raw, len(SECURITY_RAW_COLUMNS)),
                  len(self.security_raw)),
@@ -131,6 +147,22 @@ class WriteBatch:
             )
             if count
         ]
+
+
+_RAW_TOPIC = SERVICE_RAW_COLUMNS.index("topic_id")
+
+
+def marked_minutes(raw_rows: list, marks_rows: list) -> set:
+    """(topic id, partition, minute) of every lifecycle transition the rows carry."""
+    touched = set()
+    for raw, marks in zip(raw_rows, marks_rows):
+        if marks is NO_MARKS_ROW:
+            continue
+        topic_id, partition = raw[_RAW_TOPIC], raw[_RAW_TOPIC + 1]
+        for at, weight in ((marks[0], marks[1]), (marks[2], marks[3]), (marks[4], marks[5]), (marks[6], marks[7])):
+            if weight:
+                touched.add((topic_id, partition, at // 60000 * 60))
+    return touched
 
 
 def touched_windows(table: AggregateTable, rows: list) -> set:
@@ -178,7 +210,75 @@ class ClickHouseSink:
         for table, rows in ((SERVICE_MINUTE, batch.service_minute), (SECURITY_MINUTE, batch.security_minute)):
             if rows:
                 stats += self.recompute_rollups(table, touched_windows(table, rows))
+        if batch.service_marks:
+            touched = marked_minutes(batch.service_raw, batch.service_marks)
+            if touched:
+                stats += self.recompute_lifecycle(touched)
         return stats
+
+    def recompute_lifecycle(self, touched: set) -> list:
+        """The lifecycle minute rows of the (topic id, partition, minute) given, from lifecycle_edges,
+        then their rollups. Like the rollups, a function of stored rows: always safe to redo."""
+        low = min(minute for _, _, minute in touched)
+        high = max(minute for _, _, minute in touched) + 60
+        keys = ", ".join(f"({quote(t)}, {int(p)}, {int(m)})" for t, p, m in sorted(touched))
+        bucket = "intDiv(intDiv(at_ms, 1000), 60) * 60"
+        sums = ", ".join(
+            f"sumIf(weight, kind = '{kind}' AND family = '{family}' AND direction = '{direction}')"
+            for kind in ("dossier", "feedback") for family in ("open", "overdue") for direction in ("entered", "left"))
+        started = time.perf_counter()
+        self.store.execute(
+            f"INSERT INTO {self.store.table(LIFECYCLE_MINUTE.name)} ({', '.join(LIFECYCLE_MINUTE.columns)}) "
+            f"SELECT toDateTime({bucket}) AS window, province, agency, procedure_code, topic_id, source_partition, "
+            f"max(source_offset), {sums} FROM {self.store.table('lifecycle_edges')} FINAL "
+            f"WHERE at_ms >= {low * 1000} AND at_ms < {high * 1000} AND (topic_id, source_partition, {bucket}) IN ({keys}) "
+            f"GROUP BY window, province, agency, procedure_code, topic_id, source_partition")
+        stats = [(LIFECYCLE_MINUTE.name, len(touched), time.perf_counter() - started)]
+        return stats + self.recompute_rollups(LIFECYCLE_MINUTE, touched)
+
+    def recompute_partition_lifecycle(self, topic_id: str, partition: int, since_offset: int) -> None:
+        """The lifecycle rows of a partition's edges stored at or after `since_offset` (a take-over)."""
+        minutes = self.store.query(
+            f"SELECT DISTINCT intDiv(intDiv(at_ms, 1000), 60) * 60 FROM {self.store.table('lifecycle_edges')} "
+            f"WHERE topic_id = {quote(topic_id)} AND source_partition = {int(partition)} "
+            f"AND source_offset >= {int(since_offset)}")
+        if minutes:
+            self.recompute_lifecycle({(topic_id, partition, int(m)) for (m,) in minutes})
+
+    # -- open items (streams.lifecycle) ----------------------------------------------------
+
+    def load_open_state(self, topic_id: str, partition: int, first_offset: int, since_record_ms: int) -> tuple:
+        """For a worker resuming a partition at `first_offset`, as of that offset: the items received
+        and not closed (kind, item_id, received_ms, due_ms, province, agency, procedure_code, alerted),
+        and the closings recorded since `since_record_ms` (kind, item_id, closed_ms, record_ms, received),
+        oldest first. The first receipt of an item counts, by position in the partition."""
+        source = f"topic_id = {quote(topic_id)} AND source_partition = {int(partition)}"
+        before = f"{source} AND source_offset < {int(first_offset)}"
+        position = "source_offset * 100000 + item_index"
+        table = self.store.table("open_items")
+        alerted = f"SELECT kind, item_id FROM {self.store.table('alerts')} WHERE {source}"
+        open_items = self.store.query(
+            f"SELECT kind, item_id, argMinIf(occurred_ms, {position}, NOT closed), argMinIf(due_ms, {position}, NOT closed), "
+            f"argMinIf(province, {position}, NOT closed), argMinIf(agency, {position}, NOT closed), "
+            f"argMinIf(procedure_code, {position}, NOT closed), (kind, item_id) IN ({alerted}) "
+            f"FROM {table} WHERE {before} GROUP BY kind, item_id HAVING countIf(closed) = 0")
+        closings = self.store.query(
+            f"SELECT kind, item_id, argMinIf(occurred_ms, {position}, closed), maxIf(record_ms, closed), "
+            f"countIf(NOT closed) > 0 AS received FROM {table} WHERE {before} AND (kind, item_id) IN "
+            f"(SELECT kind, item_id FROM {table} WHERE {before} AND closed AND record_ms >= {int(since_record_ms)}) "
+            f"GROUP BY kind, item_id ORDER BY maxIf(record_ms, closed)")
+        return ([(k, i, int(r), int(d), p, a, c, bool(al)) for k, i, r, d, p, a, c, al in open_items],
+                [(k, i, int(c), int(ms), bool(received)) for k, i, c, ms, received in closings])
+
+    def purge_open_items(self, topic_id: str, partition: int, before_offset: int, before_record_ms: int) -> None:
+        """Forget the items closed before `before_offset` by a closing recorded before `before_record_ms`:
+        no take-over will need them (a mutation: ClickHouse runs it in the background)."""
+        source = f"topic_id = {quote(topic_id)} AND source_partition = {int(partition)}"
+        table = self.store.table("open_items")
+        self.store.execute(
+            f"ALTER TABLE {table} DELETE WHERE {source} AND source_offset < {int(before_offset)} AND (kind, item_id) IN "
+            f"(SELECT kind, item_id FROM {table} WHERE {source} AND closed AND source_offset < {int(before_offset)} "
+            f"AND record_ms < {int(before_record_ms)})")
 
     def recompute_rollups(self, table: AggregateTable, touched: set) -> list:
         """Recompute the hour, day and month rows over the (topic id, partition, minute) given, each

@@ -15,17 +15,26 @@ Readers use FINAL (or argMax by version) and sum across partitions.
 from __future__ import annotations
 
 from opscentre.clickhouse import Store
-from opscentre.measures import SECURITY_COUNTERS, SERVICE_COUNTERS
+from opscentre.measures import LIFECYCLE_COUNTERS, SECURITY_COUNTERS, SERVICE_COUNTERS
 
-from .clickhouse_sink import GRAINS, SECURITY_MINUTE, SERVICE_MINUTE, ClickHouseSink, grain_table
+from .clickhouse_sink import (
+    GRAINS,
+    LIFECYCLE_MINUTE,
+    MARK_COLUMNS,
+    SECURITY_MINUTE,
+    SERVICE_MINUTE,
+    ClickHouseSink,
+    grain_table,
+)
 
 # Partitions of the rollup tables: a month of hours, a year of days, all months in one.
 _ROLLUP_PARTITIONS = {"hour": "toYYYYMM(window_start)", "day": "toYear(window_start)", "month": "tuple()"}
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 ITEM_VIEWS_SINCE = 3  # the version that added them; databases older than it are backfilled
 REDACTED_SINCE = 5  # rejected_events keeps no personal identifier from this version on
 ROLLUPS_SINCE = 6  # hour, day and month rows; databases older than it are filled from their minute rows
+LIFECYCLE_SINCE = 7  # lifecycle edges and counts; older databases are filled once from their events (below)
 
 # What the overdue tracker loads (streams.overdue): receipts by due time and closings by item, kept
 # by materialized views from service_events, so that loading the items due in the next hour, or a
@@ -43,6 +52,25 @@ FROM {{source}} WHERE {_RECEIPTS}"""),
 FROM {{source}} WHERE {_CLOSINGS}"""),
 }
 
+
+# The lifecycle transitions each service event row carries (MARK_COLUMNS, written by the worker:
+# streams.lifecycle), one edge row each, under the item's province, agency and procedure.
+_KIND = "if(event_type LIKE 'dossier.%', 'dossier', 'feedback')"
+LIFECYCLE_EDGES_VIEW = f"""SELECT edge.1 AS at_ms, if(lc_province = '', province, lc_province) AS province,
+       if(lc_province = '', agency, lc_agency) AS agency, if(lc_province = '', procedure_code, lc_procedure) AS procedure_code,
+       {_KIND} AS kind, edge.2 AS family, edge.3 AS direction, edge.4 AS weight,
+       topic_id, source_partition, source_offset, item_index
+FROM {{source}}
+ARRAY JOIN arrayFilter(e -> e.4 != 0, [
+    (lc_open_entered_ms, 'open', 'entered', lc_open_entered), (lc_open_left_ms, 'open', 'left', lc_open_left),
+    (lc_overdue_entered_ms, 'overdue', 'entered', lc_overdue_entered),
+    (lc_overdue_left_ms, 'overdue', 'left', lc_overdue_left)]) AS edge
+WHERE lc_open_entered != 0 OR lc_open_left != 0 OR lc_overdue_entered != 0 OR lc_overdue_left != 0"""
+# Receipts and closings by item, what a worker taking a partition over rebuilds its open items from
+# (streams.lifecycle); items closed long enough ago are deleted from it (purge_open_items).
+OPEN_ITEMS_VIEW = f"""SELECT topic_id, source_partition, {_KIND} AS kind, item_id, {_CLOSINGS} AS closed, source_offset,
+       item_index, occurred_ms, due_ms, record_ms, province, agency, procedure_code
+FROM {{source}} WHERE {_RECEIPTS} OR {_CLOSINGS}"""
 
 # Accepted ids by arrival (see seen_event_ids), kept by ClickHouse from the raw tables instead of
 # inserted beside them: the writer encodes each id once, not twice (schema 4; earlier workers
@@ -62,8 +90,10 @@ def _types(version: tuple[int, ...]) -> dict[str, str]:
 def statements(database: str, server_version: tuple[int, ...]) -> list[str]:
     t = _types(server_version)
     lc = t["LC"]
+    marks = ",\n    ".join(f"{name} {kind}" for name, kind in mark_columns(server_version).items())
     service_counters = ",\n    ".join(f"{name} UInt64" for name in SERVICE_COUNTERS)
     security_counters = ",\n    ".join(f"{name} UInt64" for name in SECURITY_COUNTERS)
+    lifecycle_counters = ",\n    ".join(f"{name} Int64" for name in LIFECYCLE_COUNTERS)
     db = database
     return [
         f"CREATE DATABASE IF NOT EXISTS {db}",
@@ -94,7 +124,8 @@ def statements(database: str, server_version: tuple[int, ...]) -> list[str]:
     source_offset UInt64,
     item_index Int32,
     record_ms UInt64,
-    written_at DateTime('UTC') DEFAULT now()
+    written_at DateTime('UTC') DEFAULT now(),
+    {marks}
 ) ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMM(occurred_at)
 ORDER BY (province, event_type, occurred_at, topic_id, source_partition, source_offset, item_index)""",
@@ -267,6 +298,52 @@ SELECT
 FROM {db}.service_events FINAL
 WHERE event_type IN ('feedback.received', 'feedback.resolved')
 GROUP BY item_id""",
+        f"""CREATE TABLE IF NOT EXISTS {db}.lifecycle_edges (
+    at_ms UInt64,
+    province {lc},
+    agency {lc},
+    procedure_code {lc},
+    kind {lc},
+    family {lc},
+    direction {lc},
+    weight Int8,
+    topic_id {lc},
+    source_partition UInt16,
+    source_offset UInt64,
+    item_index Int32
+) ENGINE = ReplacingMergeTree
+PARTITION BY toYYYYMM(toDateTime(intDiv(at_ms, 1000)))
+ORDER BY (province, at_ms, topic_id, source_partition, source_offset, item_index, family, direction)""",
+        f"""CREATE TABLE IF NOT EXISTS {db}.lifecycle_minute (
+    window_start DateTime('UTC'),
+    province {lc},
+    agency {lc},
+    procedure_code {lc},
+    topic_id {lc},
+    source_partition UInt16,
+    version UInt64,
+    {lifecycle_counters},
+    written_at DateTime('UTC') DEFAULT now()
+) ENGINE = ReplacingMergeTree(version)
+PARTITION BY toYYYYMM(window_start)
+ORDER BY (province, agency, procedure_code, window_start, topic_id, source_partition)""",
+        f"""CREATE TABLE IF NOT EXISTS {db}.open_items (
+    topic_id {lc},
+    source_partition UInt16,
+    kind {lc},
+    item_id String,
+    closed UInt8,
+    source_offset UInt64,
+    item_index Int32,
+    occurred_ms UInt64,
+    due_ms UInt64,
+    record_ms UInt64,
+    province {lc},
+    agency {lc},
+    procedure_code {lc}
+) ENGINE = MergeTree
+PARTITION BY source_partition
+ORDER BY (topic_id, source_partition, kind, item_id, source_offset)""",
         f"""CREATE TABLE IF NOT EXISTS {db}.schema_migrations (
     version UInt32,
     applied_at DateTime('UTC') DEFAULT now()
@@ -284,10 +361,16 @@ def _add_columns(store: Store, table: str, columns: dict) -> None:
             store.execute(f"ALTER TABLE {store.table(table)} ADD COLUMN {name} {kind}")
 
 
+def mark_columns(server_version: tuple[int, ...]) -> dict:
+    lc = _types(server_version)["LC"]
+    return {name: (lc if name in ("lc_province", "lc_agency", "lc_procedure") else
+                   "Int8" if not name.endswith("_ms") else "UInt64") for name in MARK_COLUMNS}
+
+
 def rollup_statements(database: str, server_version: tuple[int, ...]) -> list[str]:
     """The hour, day and month tables: the minute tables' columns and keys, coarser buckets."""
     created = []
-    for table in (SERVICE_MINUTE, SECURITY_MINUTE):
+    for table in (SERVICE_MINUTE, SECURITY_MINUTE, LIFECYCLE_MINUTE):
         source = next(sql for sql in statements(database, server_version) if f".{table.name} (" in sql)
         for grain in GRAINS[1:]:
             sql = source.replace(f".{table.name} (", f".{grain_table(table, grain)} (")
@@ -308,6 +391,11 @@ def migrate(store: Store) -> int:
         store.execute(f"CREATE MATERIALIZED VIEW IF NOT EXISTS {store.table(view)} TO {store.table('seen_event_ids')} AS "
                       + _SEEN.format(source=store.table(source)))
     _add_columns(store, "rejected_events", {"original_bytes": "UInt32", "original_digest": "String"})
+    _add_columns(store, "service_events", mark_columns(version))
+    for view, target, select in (("lifecycle_edges_mv", "lifecycle_edges", LIFECYCLE_EDGES_VIEW),
+                                 ("open_items_mv", "open_items", OPEN_ITEMS_VIEW)):
+        store.execute(f"CREATE MATERIALIZED VIEW IF NOT EXISTS {store.table(view)} TO {store.table(target)} AS "
+                      + select.format(source=store.table("service_events")))
     applied = {int(v) for (v,) in store.query(f"SELECT version FROM {store.table('schema_migrations')}")}
     if ITEM_VIEWS_SINCE not in applied:
         # Events stored before the views existed are copied once. Events a worker stores meanwhile
@@ -332,7 +420,22 @@ def migrate(store: Store) -> int:
             for topic_id, partition in store.query(
                     f"SELECT DISTINCT topic_id, source_partition FROM {store.table(table.name)}"):
                 sink.recompute_partition_rollups(table, topic_id, int(partition), 0)
-    missing = sorted({ITEM_VIEWS_SINCE, REDACTED_SINCE, ROLLUPS_SINCE, SCHEMA_VERSION} - applied)
-    if missing:
-        store.insert("schema_migrations", ["version"], [missing])
+    # LIFECYCLE_SINCE is recorded by streams.lifecycle.fill(), which computes the transitions of the
+    # events a database already holds with the stream's rules; a database without events has none.
+    wanted = {ITEM_VIEWS_SINCE, REDACTED_SINCE, ROLLUPS_SINCE, SCHEMA_VERSION} - {LIFECYCLE_SINCE}
+    if LIFECYCLE_SINCE not in applied and not int(
+            store.query(f"SELECT count() FROM {store.table('service_events')}")[0][0]):
+        wanted.add(LIFECYCLE_SINCE)
+    missing = sorted(wanted - applied)
+    record_migrations(store, missing)
     return SCHEMA_VERSION
+
+
+def applied_migrations(store: Store) -> set:
+    return {int(v) for (v,) in store.query(f"SELECT version FROM {store.table('schema_migrations')}")}
+
+
+def record_migrations(store: Store, versions) -> None:
+    if versions:
+        store.insert("schema_migrations", ["version"], [list(versions)])
+

@@ -42,6 +42,7 @@ from sinks.clickhouse_sink import FLUSH_FAILURES, ClickHouseSink
 from sinks.schema import migrate
 from sinks.writer_process import WriterProcess
 
+from .lifecycle import fill as fill_lifecycle
 from .processor import Processor, ProcessorFailure, alert_messages
 
 log = logging.getLogger("opscentre.worker")
@@ -392,6 +393,7 @@ def run_worker(settings: Settings, loglevel: str = "warning") -> None:
     bootstrap = settings.require_kafka()
     store = connect(settings.require_clickhouse(), settings.clickhouse_timeout_s)
     migrate(store)
+    fill_lifecycle(store)
     if isinstance(store, ChdbStore):
         ChdbQueryServer(store)  # lets `opscentre kpi` read while this process holds the path
     ensure_topics(settings)

@@ -45,6 +45,7 @@ from opscentre.measures import END_TO_END_BUCKETS, SECURITY_COUNTERS, SERVICE_CO
 from opscentre.rejections import dead_letter, scrub_personal, stored_original
 from sinks.clickhouse_sink import (
     ALERT_COLUMNS,
+    NO_MARKS_ROW,
     SECURITY_MINUTE,
     SERVICE_MINUTE,
     ClickHouseSink,
@@ -52,6 +53,7 @@ from sinks.clickhouse_sink import (
 )
 
 from .dedup import RecentIds
+from .lifecycle import NO_MARKS, Lifecycle
 from .overdue import ALERT_TYPES, OpenItem, OverdueTracker, open_item
 
 log = logging.getLogger(__name__)
@@ -92,6 +94,21 @@ N_SERVICE = len(SERVICE_COUNTERS)
 N_SECURITY = len(SECURITY_COUNTERS)
 EVICT_EVERY_S = 60.0
 _ALREADY_APPLIED = ()  # a row whose stored version covers the record: its events are skipped
+_LIFECYCLE_EVENTS = frozenset({DossierReceived, DossierCompleted, DossierCancelled, FeedbackReceived, FeedbackResolved})
+PURGE_EVERY_S = 3600.0  # open items closed long enough ago leave ClickHouse's open_items this often
+
+
+def _lifecycle_event(event, occurred_ms: int) -> tuple:
+    """The event as streams.lifecycle takes it."""
+    cls = type(event)
+    if cls is DossierReceived:
+        return ("dossier", event.dossier_id, occurred_ms, to_millis(event.due_at), event.province, event.agency,
+                event.procedure_code)
+    if cls is FeedbackReceived:
+        return ("feedback", event.feedback_id, occurred_ms, to_millis(event.due_at), event.province, event.agency, "")
+    if cls is FeedbackResolved:
+        return ("feedback", event.feedback_id, occurred_ms)
+    return ("dossier", event.dossier_id, occurred_ms)
 
 
 class ProcessorFailure(RuntimeError):
@@ -112,6 +129,7 @@ class _Plan(NamedTuple):
     accepted: dict
     duplicates: int
     unknown_agency: dict
+    lifecycle_events: tuple | list  # (raw row index or None, event) for streams.lifecycle
 
 
 class Snapshot(NamedTuple):
@@ -138,6 +156,7 @@ class PartitionState:
     __slots__ = (
         "topic", "topic_id", "partition", "table", "rows", "dirty", "recent",
         "next_offset", "stored_through", "max_window", "stored_up_to", "tracker", "last_record_wall_ms", "rebuild",
+        "lifecycle", "stored_version", "last_record_ms",
     )
 
     def __init__(self, topic, topic_id, partition, table, horizon_ms):
@@ -158,6 +177,10 @@ class PartitionState:
         self.stored_up_to = -1
         # Overdue dossiers and feedback: service partitions only.
         self.tracker = OverdueTracker(horizon_ms) if table is SERVICE_MINUTE else None
+        # Every item still open (carried-over and overdue counts): service partitions only.
+        self.lifecycle = Lifecycle(horizon_ms) if table is SERVICE_MINUTE else None
+        self.stored_version = -1  # highest version of this partition's rows known stored
+        self.last_record_ms = 0
         self.last_record_wall_ms = 0
         # Set when a defect may have left the tracker inconsistent: the next record takes the
         # partition over again from what ClickHouse stores (after storing what is held).
@@ -239,7 +262,7 @@ class Processor:
         self.partitions: dict = {}
         self.batch = WriteBatch()
         self.pending_record_ms: list = []
-        self._last_eviction = clock()
+        self._last_eviction = self._last_purge = clock()
         self.last_window_written = -1
         self.lookahead_ms = int(settings.alert_lookahead_s * 1000)
         self.idle_ms = int(settings.idle_watermark_s * 1000)
@@ -269,6 +292,8 @@ class Processor:
             REPLAYED.inc()
         now_ms = int(self.clock() * 1000)
         state.last_record_wall_ms = now_ms
+        if MIN_MS <= record_ms <= MAX_MS and record_ms > state.last_record_ms:
+            state.last_record_ms = record_ms
         alerts_before = len(self.batch.alerts)
         try:
             rejections, timed = self._apply(state, offset, record_ms, value, now_ms, already_stored)
@@ -301,8 +326,10 @@ class Processor:
         rejections = list(decoded.rejections)
         service = state.table is SERVICE_MINUTE
         plan = (self._plan_service if service else self._plan_security)(state, offset, record_ms, decoded, rejections)
+        marks = None
         if service:
             try:
+                marks = self._lifecycle(state, plan, record_ms)
                 tracker = state.tracker
                 for item in plan.items:
                     if type(item) is OpenItem:
@@ -316,7 +343,7 @@ class Processor:
                 state.rebuild = True
                 raise
         try:
-            self._commit_plan(state, plan, record_ms, already_stored)
+            self._commit_plan(state, plan, record_ms, already_stored, marks)
         except Exception as exc:
             raise ProcessorFailure(f"{state.topic}[{state.partition}] offset {offset}: could not apply a "
                                    f"planned record ({type(exc).__name__}); stopping so that it is redelivered") from exc
@@ -345,6 +372,9 @@ class Processor:
         touched: dict = {}  # key -> [row or None (new), counters to add, agency not in the catalogue]
         raw = []
         items = []  # receipts (OpenItem) and closings (kind, item id, occurred, due) for the tracker
+        # (index of the raw row or None, event) for the lifecycle: events of rows already applied too,
+        # whose effect on the rows is stored but whose items must still be opened or closed in memory.
+        lifecycle_events = []
         accepted = {}
         duplicates = 0
         unknown_agency: dict = {}
@@ -370,6 +400,8 @@ class Processor:
                     unknown = row.unknown_agency if row is not None else not knows_agency(event.province, event.agency)
                     entry = touched[key] = [row, [0] * N_SERVICE, unknown]
             if entry is _ALREADY_APPLIED:
+                if cls in _LIFECYCLE_EVENTS:
+                    lifecycle_events.append((None, _lifecycle_event(event, occurred_ms)))
                 continue
             c = entry[1]
             c[0] += 1
@@ -390,6 +422,8 @@ class Processor:
                 if event.applicant_id is not None:
                     applicant = self.pseudonymise(event.applicant_id)
                 items.append(open_item((due_ms, "dossier", item_id, event.province, event.agency, procedure)))
+                lifecycle_events.append((len(raw), ("dossier", item_id, occurred_ms, due_ms, event.province, event.agency,
+                                                    procedure)))
             elif cls is DossierCompleted:
                 c[COMPLETED] += 1
                 due_ms = to_millis(event.due_at)
@@ -399,6 +433,7 @@ class Processor:
                 item_id, procedure, result = event.dossier_id, event.procedure_code, event.result
                 digitized = None if event.digitized is None else int(event.digitized)
                 items.append(("dossier", item_id, occurred_ms, due_ms))
+                lifecycle_events.append((len(raw), ("dossier", item_id, occurred_ms)))
             elif cls is PaymentCompleted:
                 c[PAYMENTS] += 1
                 amount = event.amount_vnd
@@ -412,11 +447,14 @@ class Processor:
                 c[CANCELLED] += 1
                 item_id, procedure = event.dossier_id, event.procedure_code
                 items.append(("dossier", item_id, occurred_ms, None))
+                lifecycle_events.append((len(raw), ("dossier", item_id, occurred_ms)))
             elif cls is FeedbackReceived:
                 c[FEEDBACK_RECEIVED] += 1
                 item_id, channel = event.feedback_id, event.channel
                 due_ms = to_millis(event.due_at)
                 items.append(open_item((due_ms, "feedback", item_id, event.province, event.agency, "")))
+                lifecycle_events.append((len(raw), ("feedback", item_id, occurred_ms, due_ms, event.province, event.agency,
+                                                    "")))
             elif cls is FeedbackResolved:
                 c[FEEDBACK_RESOLVED] += 1
                 due_ms = to_millis(event.due_at)
@@ -428,6 +466,7 @@ class Processor:
                 satisfied = None if event.satisfied is None else int(event.satisfied)
                 item_id = event.feedback_id
                 items.append(("feedback", item_id, occurred_ms, due_ms))
+                lifecycle_events.append((len(raw), ("feedback", item_id, occurred_ms)))
             else:  # DocumentExchanged
                 direction = event.direction
                 c[DOCUMENTS_SENT if direction == "sent" else DOCUMENTS_RECEIVED] += 1
@@ -440,7 +479,7 @@ class Processor:
                 -1 if index is None else index, record_ms,
             ))
         return _Plan(touched, N_SERVICE, raw, self.batch.service_raw, items, hashes, fresh, accepted, duplicates,
-                     unknown_agency)
+                     unknown_agency, lifecycle_events)
 
     def _plan_security(self, state, offset, record_ms, decoded, rejections) -> "_Plan":
         rows, recent = state.rows, state.recent
@@ -481,9 +520,24 @@ class Processor:
                 topic_id, partition, offset, -1 if index is None else index, record_ms,
             ))
         return _Plan(touched, N_SECURITY, raw, self.batch.security_raw, (), hashes, fresh,
-                     {SecurityAlert: accepted} if accepted else {}, duplicates, {})
+                     {SecurityAlert: accepted} if accepted else {}, duplicates, {}, ())
 
-    def _commit_plan(self, state, plan: "_Plan", record_ms: int, already_stored: bool) -> None:
+    def _lifecycle(self, state, plan: "_Plan", record_ms: int) -> list:
+        """The record's receipts and closings through the partition's open items; returns the marks of
+        each raw row (MARK_COLUMNS)."""
+        marks_rows = [NO_MARKS_ROW] * len(plan.raw)
+        if not plan.lifecycle_events:
+            return marks_rows
+        results = state.lifecycle.apply([event for _, event in plan.lifecycle_events], record_ms)
+        for (raw_index, _), (marks, item) in zip(plan.lifecycle_events, results):
+            if raw_index is None or marks is NO_MARKS:
+                continue
+            # A closing counts under its item's province, agency and procedure (the receipt's).
+            meta = ("", "", "") if item is None else (item.province, item.agency, item.procedure_code)
+            marks_rows[raw_index] = (*marks, *meta)
+        return marks_rows
+
+    def _commit_plan(self, state, plan: "_Plan", record_ms: int, already_stored: bool, marks=None) -> None:
         """The plain end of a record's application: rows, raw events, the ids it accepted, metrics."""
         dirty = state.dirty
         for key, entry in plan.touched.items():
@@ -496,6 +550,8 @@ class Processor:
             row.counters = list(map(add, row.counters, counts))
             dirty.add(key)
         plan.raw_table.extend(plan.raw)
+        if marks is not None:
+            self.batch.service_marks.extend(marks)
         state.recent.remember(plan.hashes, plan.fresh, record_ms)
         self._count(plan.accepted, plan.duplicates, already_stored)
         for province, count in plan.unknown_agency.items():
@@ -510,6 +566,7 @@ class Processor:
     def _alert(self, state, item: OpenItem, offset: int) -> None:
         kind_type = ALERT_TYPES[item.kind]
         item_ref = self.pseudonymise(f"{item.kind}:{item.item_id}")
+        state.lifecycle.mark_alerted(item.kind, item.item_id)
         OVERDUE_ALERTS.labels(kind_type, str(self.replaying).lower()).inc()
         self.batch.alerts.append((
             f"{kind_type}:{item_ref[:32]}", kind_type, item.kind, item.item_id, item_ref, item.province,
@@ -635,6 +692,11 @@ class Processor:
         state.max_window = state.stored_up_to = snapshot.max_window
         state.recent.preload(snapshot.seen)
         state.next_offset = offset
+        if state.lifecycle is not None:
+            open_items, closings = self.sink.load_open_state(topic_id, partition, offset, record_ms - self.horizon_ms)
+            state.lifecycle.load(open_items)
+            state.lifecycle.remember_closings(closings)
+            self.sink.recompute_partition_lifecycle(topic_id, partition, offset)
         if state.tracker is not None:
             alerted, unpublished, closed, last_published = self.sink.load_alert_state(
                 topic_id, partition, offset, record_ms - self.horizon_ms)
@@ -722,6 +784,8 @@ class Processor:
         for record_ms in snapshot.record_ms:
             LATENCY.observe(max(0.0, now - record_ms / 1000))
         for state, version, keys in snapshot.versions:
+            if version > state.stored_version:
+                state.stored_version = version
             rows = state.rows
             for key in keys:
                 row = rows.get(key)
@@ -735,6 +799,21 @@ class Processor:
         if now - self._last_eviction >= EVICT_EVERY_S:
             self._evict()
             self._last_eviction = now
+        if now - self._last_purge >= PURGE_EVERY_S:
+            self._last_purge = now
+            self._purge_open_items()
+
+    def _purge_open_items(self) -> None:
+        """Items closed before what is stored, by closings older than the horizon, leave open_items:
+        a take-over rebuilds its open items from what is left (the backlog, and the last hour)."""
+        for state in self.partitions.values():
+            if state.lifecycle is None or state.stored_version < 0:
+                continue
+            try:
+                self.sink.purge_open_items(state.topic_id, state.partition, state.stored_version,
+                                           state.last_record_ms - self.horizon_ms)
+            except StoreError as exc:
+                log.warning("could not purge the open items of partition %d (will retry): %s", state.partition, exc)
 
     def _evict(self) -> None:
         """Drop clean rows of minutes long past; a late event reloads them from ClickHouse."""

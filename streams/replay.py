@@ -25,6 +25,7 @@ from opscentre.settings import Settings
 from sinks.clickhouse_sink import ClickHouseSink
 from sinks.schema import migrate
 
+from .lifecycle import fill as fill_lifecycle
 from .processor import Processor, ProcessorFailure, alert_messages
 
 
@@ -62,6 +63,7 @@ def replay(settings: Settings, store: Store, start=None, end=None, start_ms: int
     """Reprocess [start, end) offsets (or [start_ms, end_ms) by broker time) into `store`."""
     bootstrap = settings.require_kafka()
     migrate(store)
+    fill_lifecycle(store)
     ids = topic_ids(bootstrap, settings.event_topics)
     producer = None
     consumer = KafkaConsumer(

@@ -57,6 +57,15 @@ class MemorySink:
     def recompute_partition_rollups(self, table, topic_id, partition, since_version):
         pass
 
+    def recompute_partition_lifecycle(self, topic_id, partition, since_offset):
+        pass
+
+    def load_open_state(self, topic_id, partition, first_offset, since_record_ms):
+        return [], []
+
+    def purge_open_items(self, *args):
+        pass
+
     def load_alert_state(self, topic_id, partition, first_offset, since_ms):
         return [], [], [], -1
 

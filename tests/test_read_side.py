@@ -1,0 +1,182 @@
+"""The lifecycle counts against the lifecycle views, on real servers.
+
+Overdue open and open (carried over) at an instant are sums of transitions over a few buckets
+(dashboards.kpi.lifecycle_count); the views `dossier_lifecycle` and `feedback_lifecycle` group
+every stored event. On a stream with closings sent before their receipts, receipts hours late,
+duplicates, a worker killed mid-stream and a replay of everything, both must give the same count,
+per province and per agency, at many instants (minute-aligned and not).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from dashboards.kpi import lifecycle_count
+from opscentre.kafka import ensure_topics
+from tests.test_exactly_once import send_in_background, settle, start_of_minute_ms
+from tests.workload import Workload
+
+pytestmark = pytest.mark.integration
+
+
+def view_count(store, t_ms: int, interval: str, by_agency: bool) -> dict:
+    kind, family = interval.split("_")
+    view = "dossier_lifecycle" if kind == "dossiers" else "feedback_lifecycle"
+    closed = ("(completed AND completed_ms < {t}) OR (cancelled AND cancelled_ms < {t})" if kind == "dossiers"
+              else "(resolved AND resolved_ms < {t})").format(t=int(t_ms))
+    start = "due_ms" if family == "overdue" else "received_ms"
+    group = "province, agency" if by_agency else "province"
+    rows = store.query(f"SELECT {group}, count() FROM {store.table(view)} WHERE received AND {start} < {int(t_ms)} "
+                       f"AND NOT ({closed}) GROUP BY {group}")
+    return {(tuple(row[:2]) if by_agency else row[0]): int(row[-1]) for row in rows}
+
+
+def with_closings(events: list, rng: random.Random) -> list:
+    """The events, and closings for a third of the items received and never closed: completed or
+    cancelled (dossiers), resolved (feedback), in time, late, or dated before the receipt."""
+    item = lambda e: e.get("dossier_id") or e.get("feedback_id")  # noqa: E731
+    closed = {item(e) for e in events if e["event_type"] in ("dossier.completed", "dossier.cancelled", "feedback.resolved")}
+    extra = []
+    for n, event in enumerate(events):
+        if not event["event_type"].endswith(".received") or item(event) in closed or rng.random() > 0.35:
+            continue
+        received, due = _ms(event["occurred_at"]), _ms(event["due_at"])
+        at = rng.choice([received + (due - received) // 2, due, due + 3_600_000, received - 60_000, received + 1])
+        if at > time.time() * 1000 - 60_000:
+            continue  # not in the future
+        closing = {k: event[k] for k in ("province", "agency", "source")}
+        closing.update(event_id=f"close-{n}", occurred_at=_iso(at))
+        if event["event_type"] == "feedback.received":
+            closing.update(event_type="feedback.resolved", feedback_id=event["feedback_id"], due_at=event["due_at"],
+                           satisfied=rng.random() < 0.7)
+        elif rng.random() < 0.2:
+            closing.update(event_type="dossier.cancelled", dossier_id=event["dossier_id"],
+                           procedure_code=event["procedure_code"])
+        else:
+            closing.update(event_type="dossier.completed", dossier_id=event["dossier_id"],
+                           procedure_code=event["procedure_code"], due_at=event["due_at"], result="approved")
+        extra.append((at, closing))
+    merged = [(_ms(e["occurred_at"]), n, e) for n, e in enumerate(events)]
+    merged += [(at, len(events) + n, e) for n, (at, e) in enumerate(extra)]
+    return [e for _, _, e in sorted(merged, key=lambda x: (x[0], x[1]))]
+
+
+def _ms(value) -> int:
+    return value if isinstance(value, int) else int(dt.datetime.fromisoformat(value).timestamp() * 1000)
+
+
+def _iso(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone(dt.timedelta(hours=7))).isoformat(timespec="milliseconds")
+
+
+def out_of_order(events: list, rng: random.Random) -> list:
+    """The same events, a tenth of the receipts sent right after their item's first closing."""
+    order, held = [], {}
+    closing_types = {"dossier.completed", "dossier.cancelled", "feedback.resolved"}
+    item = lambda e: e.get("dossier_id") or e.get("feedback_id")  # noqa: E731
+    closed_items = {item(e) for e in events if e["event_type"] in closing_types}
+    for event in events:
+        if event["event_type"].endswith(".received") and item(event) in closed_items and rng.random() < 0.1:
+            held[item(event)] = event
+            continue
+        order.append(event)
+        if event["event_type"] in closing_types and item(event) in held:
+            order.append(held.pop(item(event)))
+    return order + list(held.values())
+
+
+def test_lifecycle_counts_equal_the_views_across_a_kill_and_a_replay(pipeline):
+    ensure_topics(pipeline.settings)
+    rng = random.Random(5)
+    start_ms = start_of_minute_ms(30)
+    workload = Workload(seed=41, start_ms=start_ms, events=5000, rate=0.3)  # five hours of event time
+    workload.valid = out_of_order(with_closings(workload.valid, rng), rng)
+    late = out_of_order(with_closings(Workload(seed=42, start_ms=start_ms - 86_400_000, events=800, rate=0.3).valid,
+                                      rng), rng)
+    worker = pipeline.start_worker()
+    sender = send_in_background(workload, pipeline.settings, seconds=10, with_bad=False)
+    pipeline.wait_for(lambda: int(pipeline.store().query(
+        f"SELECT count() FROM {pipeline.store().table('service_events')}")[0][0]) > 1500, what="worker under way")
+    worker.stop(signal.SIGKILL)
+    pipeline.start_worker()
+    sender.join()
+    workload.send(pipeline.settings, events=late, with_bad=False)  # a day late
+    settle(pipeline, len(workload.unique_valid(late)))
+
+    result = subprocess.run([sys.executable, "-m", "opscentre.cli", "replay", "--from-offsets", "earliest"],
+                            env=pipeline.env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    time.sleep(1)
+
+    store = pipeline.store()
+    times = [start_ms - 86_400_000 + int(i * 3.1 * 3_600_000) for i in range(12)]
+    times += [start_ms + i * 997_123 for i in range(20)] + [start_ms + i * 1_200_000 for i in range(20)]
+    times += [int(time.time() * 1000) + 86_400_000 * days for days in (1, 10, 45)]
+    checked = 0
+    for t_ms in times:
+        for interval in ("dossiers_overdue", "dossiers_open", "feedback_overdue", "feedback_open"):
+            for by_agency in (False, True):
+                expected = view_count(store, t_ms, interval, by_agency)
+                assert lifecycle_count(store, t_ms, interval, None, by_agency) == expected, (t_ms, interval, by_agency)
+                checked += sum(expected.values())
+    assert checked > 10_000  # the instants are not all empty
+    # Closings of items received in the run were counted, in every order they came.
+    edges = dict(store.query(f"SELECT family, count() FROM {store.table('lifecycle_edges')} FINAL "
+                             "WHERE direction = 'left' GROUP BY family"))
+    assert edges.get("open", 0) > 500 and edges.get("overdue", 0) > 30, edges
+
+
+def test_a_database_from_before_the_counts_gets_them_from_its_events(clickhouse_url):
+    """`opscentre db migrate` on a database whose events were stored before the lifecycle counts:
+    streams.lifecycle.fill() computes them once, as the worker would have."""
+    import json
+
+    from opscentre.clickhouse import connect
+    from opscentre.settings import Settings
+    from sinks.clickhouse_sink import GRAINS, LIFECYCLE_MINUTE, ClickHouseSink, grain_table
+    from sinks.schema import LIFECYCLE_SINCE, migrate
+    from streams.lifecycle import fill
+    from streams.processor import Processor
+
+    store = connect(clickhouse_url)
+    migrate(store)
+    settings = Settings(topic_prefix="f")
+    processor = Processor(settings, {settings.service_topic: "ts", settings.security_topic: "tz"}, ClickHouseSink(store),
+                          b"k", ["%02d" % i for i in range(100)], clock=time.time)
+    rng = random.Random(9)
+    start_ms = start_of_minute_ms(30)
+    events = [e for e in out_of_order(with_closings(Workload(seed=43, start_ms=start_ms, events=3000, rate=0.3).valid,
+                                                    rng), rng) if e["event_type"] != "security.alert"]
+    from opscentre.events import routing_key
+    from opscentre.kafka import partition_for
+
+    by_partition: dict = {}
+    for event in events:  # one item's events in one partition, as producers key them
+        by_partition.setdefault(partition_for(routing_key(event), 2), []).append(event)
+    for partition, part in by_partition.items():
+        for offset, start in enumerate(range(0, len(part), 25)):
+            processor.process(settings.service_topic, partition, offset, int(time.time() * 1000) - 5000,
+                              json.dumps(part[start:start + 25]).encode())
+    processor.flush()
+    times = [start_ms + i * 1_234_567 for i in range(16)]
+    before = {t: lifecycle_count(store, t, "dossiers_overdue", None, True) for t in times}
+    assert before == {t: view_count(store, t, "dossiers_overdue", True) for t in times}
+
+    # As if stored by an earlier version: no edges, no counts, no marker.
+    for table in ["lifecycle_edges", "open_items"] + [grain_table(LIFECYCLE_MINUTE, grain) for grain in GRAINS]:
+        store.execute(f"TRUNCATE TABLE {store.table(table)}")
+    store.execute(f"ALTER TABLE {store.table('schema_migrations')} DELETE WHERE version = {LIFECYCLE_SINCE}")
+    time.sleep(1)
+    assert lifecycle_count(store, times[-1], "dossiers_open", None) == {}
+    migrate(store)
+    assert fill(store) and not fill(store)
+    for interval in ("dossiers_overdue", "dossiers_open", "feedback_overdue", "feedback_open"):
+        for t in times:
+            assert lifecycle_count(store, t, interval, None, True) == view_count(store, t, interval, True), (interval, t)
