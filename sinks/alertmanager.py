@@ -126,7 +126,11 @@ def alertmanager_url(settings: Settings) -> str:
     return url.rstrip("/")
 
 
-def check_timing(settings: Settings) -> None:
+def check_settings(settings: Settings) -> None:
+    link = settings.alert_dashboard_url
+    if link and urllib.parse.urlsplit(link).scheme not in ("http", "https"):
+        # Also the alerts' generatorURL: the link Alertmanager's receivers show.
+        raise SettingsError(f"OPSCENTRE_ALERT_DASHBOARD_URL: expected an http[s]:// address, got {link!r}")
     if settings.forwarder_ends_after_s < 2 * settings.forwarder_resend_s:
         raise SettingsError(
             f"OPSCENTRE_FORWARDER_ENDS_AFTER_S ({settings.forwarder_ends_after_s:g}) must be at least twice"
@@ -621,7 +625,7 @@ class _Rebalance(ConsumerRebalanceListener):
 def forward(settings: Settings) -> None:
     """Run until SIGTERM or Ctrl-C; what is pending is posted (briefly) before leaving the group."""
     url = alertmanager_url(settings)
-    check_timing(settings)
+    check_settings(settings)
     settings.require_kafka()
     names = Names(load_provinces(settings.provinces_file), load_catalogue(settings.catalogue_file))
     ensure_topics(settings)

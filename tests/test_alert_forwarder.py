@@ -341,6 +341,8 @@ KAFKA_SET = {"OPSCENTRE_KAFKA": "127.0.0.1:1"}
      "OPSCENTRE_FORWARDER_ENDS_AFTER_S (90) must be at least twice OPSCENTRE_FORWARDER_RESEND_S (60)"),
     (["--alertmanager", "http://am:9093"], {**KAFKA_SET, "OPSCENTRE_ALERTMANAGER_TIMEOUT_S": "8"},
      "must be at most half OPSCENTRE_GROUP_REBALANCE_TIMEOUT_S (10)"),
+    (["--alertmanager", "http://am:9093"], {**KAFKA_SET, "OPSCENTRE_ALERT_DASHBOARD_URL": "grafana/d/x"},
+     "OPSCENTRE_ALERT_DASHBOARD_URL: expected an http[s]:// address, got 'grafana/d/x'"),
     (["--alertmanager", "http://am:9093"], {"OPSCENTRE_KAFKA": f"127.0.0.1:{free_port()}"}, "is not reachable"),
 ])
 def test_bad_settings_are_one_line_with_status_2(args, env, message):
