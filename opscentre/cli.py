@@ -103,6 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
     form.add_argument("--json", action="store_true", help="one JSON object per row (province, then agencies)")
     form.add_argument("--csv", action="store_true", help="CSV with a header row")
 
+    alerts = commands.add_parser("alerts", help="business alerts: forward them from Kafka to Alertmanager")
+    alert_commands = alerts.add_subparsers(dest="alerts_command", metavar="ACTION", parser_class=_Parser)
+    alert_commands.required = True
+    forward = alert_commands.add_parser(
+        "forward", help="post the alerts topic's business alerts to Alertmanager, resolve them, re-send active ones")
+    forward.add_argument("--alertmanager", metavar="URL",
+                         help="Alertmanager's address, e.g. http://alertmanager:9093 (default OPSCENTRE_ALERTMANAGER)")
+
     boards = commands.add_parser("dashboards", help="the Grafana boards: a provisioning tree, or pushed to a Grafana")
     board_commands = boards.add_subparsers(dest="dashboards_command", metavar="ACTION", parser_class=_Parser)
     board_commands.required = True
@@ -278,6 +286,15 @@ def cmd_dashboards(args, settings: Settings) -> int:
     return 0
 
 
+def cmd_alerts(args, settings: Settings) -> int:
+    from sinks.alertmanager import forward
+
+    if args.alertmanager:
+        settings = settings.with_overrides(alertmanager=args.alertmanager)
+    forward(settings)
+    return 0
+
+
 def cmd_run(args, settings: Settings) -> int:
     from .local import run_local
 
@@ -287,7 +304,7 @@ def cmd_run(args, settings: Settings) -> int:
 COMMANDS = {
     "run": cmd_run, "simulate": cmd_simulate, "ingest": cmd_ingest, "worker": cmd_worker,
     "db": cmd_db, "kpi": cmd_kpi, "scorecard": cmd_scorecard, "replay": cmd_replay,
-    "dashboards": cmd_dashboards,
+    "dashboards": cmd_dashboards, "alerts": cmd_alerts,
 }
 
 

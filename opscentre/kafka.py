@@ -25,6 +25,7 @@ def admin(bootstrap: str, timeout_s: float = 10.0) -> KafkaAdminClient:
         return KafkaAdminClient(
             bootstrap_servers=bootstrap.split(","),
             request_timeout_ms=int(timeout_s * 1000),
+            bootstrap_timeout_ms=int(timeout_s * 1000),  # its default, 30 s, is how long a wrong address took to report
             client_id="opscentre-admin",
         )
     except KafkaError as exc:

@@ -53,6 +53,9 @@ def _setting(default, minimum: float = 0, share: bool = False, choices: tuple[st
     return field(default=default, metadata={"minimum": minimum, "share": share, "choices": choices})
 
 
+# The `severity` label Alertmanager's routing knows (dashboards/alerts/alertmanager.py).
+ALERT_SEVERITIES = ("critical", "warning", "ticket")
+
 # Variables of earlier releases: refused with the new name rather than silently ignored.
 RENAMED = {"OPSCENTRE_MEMORY_WINDOW_HOURS": "OPSCENTRE_MEMORY_WINDOW_S (seconds)"}
 
@@ -135,6 +138,17 @@ class Settings:
     alert_telegram_token_file: str = "/run/secrets/alertmanager_telegram_bot_token"
     alert_telegram_api_url: str = "https://api.telegram.org"
     alert_webhook_token_file: str | None = None
+    # The alert forwarder (sinks/alertmanager.py): business alerts from <prefix>.alerts to Alertmanager.
+    alertmanager: str | None = None
+    alertmanager_timeout_s: float = _setting(5.0, minimum=0.1)
+    forwarder_group: str = "opscentre-forwarder"
+    forwarder_resend_s: float = _setting(60.0, minimum=1.0)
+    forwarder_ends_after_s: float = _setting(900.0, minimum=2.0)
+    # One severity per alert type (the routing's: critical pages, warning notifies, ticket waits).
+    severity_dossier_overdue: str = _setting("warning", choices=ALERT_SEVERITIES)
+    severity_feedback_overdue: str = _setting("warning", choices=ALERT_SEVERITIES)
+    business_runbook_url: str | None = None
+    alert_dashboard_url: str | None = None
 
     @classmethod
     def from_env(cls) -> "Settings":

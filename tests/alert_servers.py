@@ -89,7 +89,7 @@ class Server:
     def __init__(self, command: list[str], port: int, log_path, env: dict | None = None):
         self.url = f"http://127.0.0.1:{port}"
         self.log_path = log_path
-        with open(log_path, "wb") as log:
+        with open(log_path, "ab") as log:  # a restarted server adds to its log
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                             env={**os.environ, **(env or {})})
         try:
@@ -121,9 +121,10 @@ class Server:
                 self.process.wait()
 
 
-def start_alertmanager(start_script, work_dir) -> Server:
-    """Alertmanager through the generated start.sh (which puts the Telegram token in)."""
-    port = free_port()
+def start_alertmanager(start_script, work_dir, port: int | None = None) -> Server:
+    """Alertmanager through the generated start.sh (which puts the Telegram token in); given the
+    port and work_dir of a stopped one, it comes back where it was, with its notification log."""
+    port = port or free_port()
     storage = work_dir / "alertmanager-data"
     storage.mkdir(parents=True, exist_ok=True)
     return Server(

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from opscentre.settings import SettingsError
+from opscentre.settings import ALERT_SEVERITIES, SettingsError
 
 from ..config import Config
 from .files import duration, write_yaml
@@ -32,7 +32,7 @@ from .teams import Team, load_teams
 CONFIG_FILE = Path("alertmanager/alertmanager.yml")
 START_FILE = Path("alertmanager/start.sh")
 NOBODY = "nobody"
-SEVERITIES = ("critical", "warning", "ticket")
+SEVERITIES = ALERT_SEVERITIES
 DEFAULT_SEVERITY = "warning"  # alerts with another severity, or none, go as warnings
 SEVERITY_CHANNELS = {"critical": ("telegram", "email", "webhook"), "warning": ("telegram", "email"),
                      "ticket": ("email",)}
