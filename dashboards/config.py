@@ -15,13 +15,15 @@ from prometheus_client.utils import floatToGoString
 from opscentre.measures import END_TO_END_BUCKETS
 from opscentre.settings import Settings, SettingsError
 
+DNS_PREFIX = "dns+"  # a target resolved to all its addresses (every replica of a compose service)
+
 
 def _targets(name: str, value: str) -> tuple[str, ...]:
     targets = tuple(part.strip() for part in value.split(",") if part.strip())
     for target in targets:
-        host, _, port = target.rpartition(":")
+        host, _, port = target.removeprefix(DNS_PREFIX).rpartition(":")
         if not host or not port.isdigit():
-            raise SettingsError(f"OPSCENTRE_{name.upper()}: expected host:port[,host:port], got {value!r}")
+            raise SettingsError(f"OPSCENTRE_{name.upper()}: expected [dns+]host:port[,...], got {value!r}")
     return targets
 
 
@@ -58,7 +60,7 @@ class Config:
     forwarder_failing_for_s: float
     post_failures: int  # failed posts to Alertmanager in 5 minutes
 
-    # Prometheus.
+    # Prometheus: host:port, or dns+name:port for every address the name resolves to.
     worker_targets: tuple[str, ...]
     forwarder_targets: tuple[str, ...]
     alertmanagers: tuple[str, ...]

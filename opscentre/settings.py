@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, fields, replace
+from urllib.parse import quote, urlparse
 
 
 class SettingsError(ValueError):
@@ -48,9 +49,33 @@ def _share(name: str, default: float) -> float:
     return value
 
 
-def _setting(default, minimum: float = 0, share: bool = False, choices: tuple[str, ...] = ()):
-    """A setting read from OPSCENTRE_<NAME> (its field name in capitals), parsed like its default."""
-    return field(default=default, metadata={"minimum": minimum, "share": share, "choices": choices})
+def read_secret_file(path: str) -> str:
+    """A secret file's one line: a trailing line break (LF or CRLF) is not part of the secret, as in
+    deploy/secrets-env.sh, which reads the same files for the servers."""
+    with open(path, encoding="utf-8") as handle:
+        return handle.read().rstrip("\n").removesuffix("\r")
+
+
+def _secret(name: str) -> str | None:
+    """OPSCENTRE_<NAME>, or the content of the file OPSCENTRE_<NAME>_FILE names (compose secrets)."""
+    value, path = _env(name, None), _env(name + "_FILE", None)
+    if path is None:
+        return value
+    if value is not None:
+        raise SettingsError(f"{name} and {name}_FILE are both set: give one")
+    try:
+        secret = read_secret_file(path)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SettingsError(f"{name}_FILE: cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    if not secret:
+        raise SettingsError(f"{name}_FILE: {path} is empty")
+    return secret
+
+
+def _setting(default, minimum: float = 0, share: bool = False, choices: tuple[str, ...] = (), secret: bool = False):
+    """A setting read from OPSCENTRE_<NAME> (its field name in capitals), parsed like its default;
+    a secret may instead be read from the file OPSCENTRE_<NAME>_FILE names."""
+    return field(default=default, metadata={"minimum": minimum, "share": share, "choices": choices, "secret": secret})
 
 
 # The `severity` label Alertmanager's routing knows (dashboards/alerts/alertmanager.py).
@@ -64,8 +89,10 @@ RENAMED = {"OPSCENTRE_MEMORY_WINDOW_HOURS": "OPSCENTRE_MEMORY_WINDOW_S (seconds)
 class Settings:
     kafka: str | None = None
     clickhouse: str | None = None
+    # The password of OPSCENTRE_CLICKHOUSE's user, when the URL has none (a secret file in the stack).
+    clickhouse_password: str | None = _setting(None, secret=True)
     topic_prefix: str = "opscentre"
-    pseudonym_key: str | None = None
+    pseudonym_key: str | None = _setting(None, secret=True)
     metrics_addr: str = "127.0.0.1:9108"
     partitions: int = _setting(4, minimum=1)
     consumer_group: str = "opscentre-worker"
@@ -98,9 +125,10 @@ class Settings:
     # never written out), and the token `dashboards push` authenticates with.
     dashboard_language: str = _setting("vi", choices=("vi", "en"))
     grafana_clickhouse: str = "clickhouse://grafana@clickhouse:9000/opscentre"
-    grafana_clickhouse_password: str | None = None
+    grafana_clickhouse_password: str | None = _setting(None, secret=True)
     grafana_prometheus: str = "http://prometheus:9090"
-    grafana_token: str | None = None
+    grafana_dashboards_path: str = "/var/lib/grafana/dashboards"  # where Grafana reads the board files
+    grafana_token: str | None = _setting(None, secret=True)
     # Alerting (dashboards/config.py): thresholds of the pipeline's Prometheus rules ...
     alert_down_for_s: float = _setting(120.0, minimum=1.0)
     alert_lag_warning_s: float = _setting(60.0, minimum=1.0)
@@ -119,11 +147,11 @@ class Settings:
     alert_post_failures: int = _setting(5, minimum=1)
     runbook_url: str = "dashboards/runbook.md"
     alert_pipeline_team: str = "platform"
-    # ... Prometheus's scrape targets (compose service names) ...
+    # ... Prometheus's scrape targets (compose service names: dns+ finds every replica) ...
     prometheus_worker_job: str = "opscentre-worker"
     prometheus_forwarder_job: str = "opscentre-forwarder"
-    prometheus_worker_targets: str = "worker:9108"
-    prometheus_forwarder_targets: str = "forwarder:9108"
+    prometheus_worker_targets: str = "dns+worker:9108"
+    prometheus_forwarder_targets: str = "dns+forwarder:9108"
     prometheus_alertmanagers: str = "alertmanager:9093"
     prometheus_scrape_interval_s: float = _setting(15.0, minimum=1.0)
     # ... and Alertmanager's routing and receivers; secrets are read from files, never given here.
@@ -159,7 +187,9 @@ class Settings:
         for setting in fields(cls):
             name = "OPSCENTRE_" + setting.name.upper()
             default, minimum = setting.default, setting.metadata.get("minimum", 0)
-            if setting.metadata.get("share"):
+            if setting.metadata.get("secret"):
+                values[setting.name] = _secret(name)
+            elif setting.metadata.get("share"):
                 values[setting.name] = _share(name, default)
             elif type(default) is int:
                 values[setting.name] = _int(name, default, minimum=int(minimum))
@@ -203,11 +233,21 @@ class Settings:
         return self.kafka
 
     def require_clickhouse(self) -> str:
+        """OPSCENTRE_CLICKHOUSE, with OPSCENTRE_CLICKHOUSE_PASSWORD put in when it is given."""
         if not self.clickhouse:
             raise SettingsError(
                 "OPSCENTRE_CLICKHOUSE is not set (clickhouse://user:password@host:9000/db or chdb:///path)"
             )
-        return self.clickhouse
+        if self.clickhouse_password is None:
+            return self.clickhouse
+        parsed = urlparse(self.clickhouse)
+        if parsed.scheme not in ("clickhouse", "tcp"):
+            raise SettingsError(f"OPSCENTRE_CLICKHOUSE_PASSWORD is for a server (clickhouse://), not {parsed.scheme}://")
+        if parsed.password is not None:
+            raise SettingsError("OPSCENTRE_CLICKHOUSE has a password and OPSCENTRE_CLICKHOUSE_PASSWORD is set: give one")
+        user = parsed.username or "default"
+        host = parsed.netloc.rpartition("@")[2]
+        return parsed._replace(netloc=f"{user}:{quote(self.clickhouse_password, safe='')}@{host}").geturl()
 
     def require_pseudonym_key(self) -> bytes:
         if not self.pseudonym_key:

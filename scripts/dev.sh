@@ -16,6 +16,7 @@ if [ "$action" = test ]; then
   command -v clickhouse-server >/dev/null || packages+=(clickhouse-server clickhouse-client)
   command -v promtool >/dev/null || lean+=(prometheus)  # the boards' PromQL, the alerting tests
   command -v amtool >/dev/null || lean+=(prometheus-alertmanager)
+  command -v docker-compose >/dev/null || lean+=(docker-compose)  # tests/test_stack.py (no engine needed)
 fi
 if [ $(( ${#packages[@]} + ${#lean[@]} )) -gt 0 ]; then
   $SUDO apt-get update -qq

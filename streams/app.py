@@ -391,7 +391,8 @@ def run_worker(settings: Settings, loglevel: str = "warning") -> None:
 
     return_freed_memory()
     bootstrap = settings.require_kafka()
-    store = connect(settings.require_clickhouse(), settings.clickhouse_timeout_s)
+    clickhouse = settings.require_clickhouse()
+    store = connect(clickhouse, settings.clickhouse_timeout_s)
     migrate(store)
     fill_lifecycle(store)
     if isinstance(store, ChdbStore):
@@ -405,8 +406,8 @@ def run_worker(settings: Settings, loglevel: str = "warning") -> None:
         catalogue=load_catalogue(settings.catalogue_file),
     )
     writer = None
-    if not settings.clickhouse.startswith("chdb:"):
-        writer = WriterProcess(settings.clickhouse, settings.clickhouse_timeout_s)
+    if not clickhouse.startswith("chdb:"):
+        writer = WriterProcess(clickhouse, settings.clickhouse_timeout_s)
         writer.start()
     app = build_app(settings, processor, writer)
     # Rows wait in memory between writes; with the default thresholds the collector walks them

@@ -64,9 +64,26 @@ def test_prometheus_config_passes_promtool_check(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS: 1 rule files found" in result.stdout
     config = yaml.safe_load((out / prometheus_rules.PROMETHEUS_FILE).read_text())
-    jobs = {job["job_name"]: job["static_configs"][0]["targets"] for job in config["scrape_configs"]}
-    assert jobs == {"opscentre-worker": ["worker:9108"], "opscentre-forwarder": ["forwarder:9108"]}
+    # Every replica of the compose services worker and forwarder: a type A lookup of the service name.
+    jobs = {job["job_name"]: job["dns_sd_configs"] for job in config["scrape_configs"]}
+    assert jobs == {"opscentre-worker": [{"names": ["worker"], "type": "A", "port": 9108}],
+                    "opscentre-forwarder": [{"names": ["forwarder"], "type": "A", "port": 9108}]}
+    assert all("static_configs" not in job for job in config["scrape_configs"])
     assert config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == ["alertmanager:9093"]
+
+
+@needs_promtool
+def test_static_and_dns_targets_together_pass_promtool_check(tmp_path):
+    out = generate(tmp_path, prometheus_worker_targets="10.0.0.5:9108, dns+worker:9108, dns+worker-b:9108, dns+old:9100",
+                   prometheus_alertmanagers="dns+alertmanager:9093")
+    result = promtool("check", "config", out / prometheus_rules.PROMETHEUS_FILE)
+    assert result.returncode == 0, result.stdout + result.stderr
+    config = yaml.safe_load((out / prometheus_rules.PROMETHEUS_FILE).read_text())
+    worker = config["scrape_configs"][0]
+    assert worker["static_configs"] == [{"targets": ["10.0.0.5:9108"]}]
+    assert worker["dns_sd_configs"] == [{"names": ["worker", "worker-b"], "type": "A", "port": 9108},
+                                        {"names": ["old"], "type": "A", "port": 9100}]
+    assert config["alerting"]["alertmanagers"] == [{"dns_sd_configs": [{"names": ["alertmanager"], "type": "A", "port": 9093}]}]
 
 
 @needs_promtool
@@ -139,7 +156,8 @@ def test_settings_set_the_thresholds(monkeypatch):
     ({"latency_objective_s": 4.0}, "must be a bucket of the latency histogram"),
     ({"latency_objective_share": 1.0}, "must be below 1"),
     ({"alert_lag_warning_s": 600.0}, "is below OPSCENTRE_ALERT_LAG_WARNING_S"),
-    ({"prometheus_worker_targets": "worker"}, "OPSCENTRE_PROMETHEUS_WORKER_TARGETS: expected host:port"),
+    ({"prometheus_worker_targets": "worker"}, "OPSCENTRE_PROMETHEUS_WORKER_TARGETS: expected \\[dns\\+\\]host:port"),
+    ({"prometheus_worker_targets": "dns+worker"}, "OPSCENTRE_PROMETHEUS_WORKER_TARGETS: expected"),
 ])
 def test_unusable_settings_are_refused(changes, message):
     with pytest.raises(SettingsError, match=message):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from opscentre.events import EVENT_TYPES, topic_kind
 
-from ..config import Config
+from ..config import DNS_PREFIX, Config
 from .files import duration, number, span, write_yaml
 
 RULES_FILE = Path("prometheus/rules/opscentre.rules.yml")
@@ -222,15 +222,33 @@ def alert_names(c: Config) -> list[str]:
     return list(dict.fromkeys(r["alert"] for rules in alerting_rules(c).values() for r in rules))
 
 
+def discovery(targets) -> dict:
+    """How Prometheus finds targets: `host:port` as static targets; `dns+name:port` by a DNS type A
+    lookup at every refresh, which returns the address of each replica of a compose service (they
+    share its name), so workers added or removed are scraped without a change here."""
+    static = [t for t in targets if not t.startswith(DNS_PREFIX)]
+    names_by_port: dict[int, list[str]] = {}
+    for target in targets:
+        if target.startswith(DNS_PREFIX):
+            name, _, port = target.removeprefix(DNS_PREFIX).rpartition(":")
+            names_by_port.setdefault(int(port), []).append(name)
+    found: dict = {}
+    if static:
+        found["static_configs"] = [{"targets": static}]
+    if names_by_port:
+        found["dns_sd_configs"] = [{"names": names, "type": "A", "port": port} for port, names in names_by_port.items()]
+    return found
+
+
 def prometheus_config(c: Config) -> dict:
     interval = duration(c.scrape_interval_s)
     return {
         "global": {"scrape_interval": interval, "evaluation_interval": interval},
         "rule_files": [str(RULES_FILE.relative_to(PROMETHEUS_FILE.parent))],
-        "alerting": {"alertmanagers": [{"static_configs": [{"targets": list(c.alertmanagers)}]}]},
+        "alerting": {"alertmanagers": [discovery(c.alertmanagers)]},
         "scrape_configs": [
-            {"job_name": c.worker_job, "static_configs": [{"targets": list(c.worker_targets)}]},
-            {"job_name": c.forwarder_job, "static_configs": [{"targets": list(c.forwarder_targets)}]},
+            {"job_name": c.worker_job, **discovery(c.worker_targets)},
+            {"job_name": c.forwarder_job, **discovery(c.forwarder_targets)},
         ],
     }
 

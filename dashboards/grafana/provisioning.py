@@ -3,6 +3,7 @@
     DIR/grafana/provisioning/datasources/opscentre.yml   mount DIR/grafana/provisioning
     DIR/grafana/provisioning/dashboards/opscentre.yml      at /etc/grafana/provisioning
     DIR/grafana/dashboards/<folder title>/<uid>.json     mount at /var/lib/grafana/dashboards
+                                                         (or OPSCENTRE_GRAFANA_DASHBOARDS_PATH)
 
 The tree is made by a list of writers, each `writer(out_dir, settings) -> [paths written]`, so
 other generators (alert rules, Prometheus and Alertmanager files) add themselves to WRITERS.
@@ -28,7 +29,7 @@ from .i18n import Texts
 Writer = Callable[[Path, Settings], list[Path]]
 
 GRAFANA_PROVISIONING = "/etc/grafana/provisioning"
-GRAFANA_DASHBOARDS = "/var/lib/grafana/dashboards"
+GRAFANA_DASHBOARDS = Settings.grafana_dashboards_path  # the default
 MARKER = ".opscentre-build"
 HEADER = "# Written by `opscentre dashboards build`; edit the code in dashboards/grafana, not this file.\n"
 
@@ -91,7 +92,8 @@ def write_dashboard_providers(out_dir: Path, settings: Settings) -> list[Path]:
             "disableDeletion": False,
             "allowUiUpdates": False,
             "updateIntervalSeconds": 30,
-            "options": {"path": f"{GRAFANA_DASHBOARDS}/{title}", "foldersFromFilesStructure": False},
+            "options": {"path": f"{settings.grafana_dashboards_path.rstrip('/')}/{title}",
+                        "foldersFromFilesStructure": False},
         }))
     path = out_dir / "grafana/provisioning/dashboards/opscentre.yml"
     return [_write_yaml(path, {"apiVersion": 1, "providers": providers})]
