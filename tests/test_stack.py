@@ -59,7 +59,7 @@ REQUIRED = ("STACK_SECRETS_DIR", "STACK_TEAMS_FILE", "STACK_KAFKA_CLUSTER_ID")
 ONE_SHOT = {"migrate", "config", "grafana-plugin"}
 VARIABLE = re.compile(r"\$\{([A-Z0-9_]+)(?:(:?[-?])([^}]*))?\}")
 # The forwarder's setting: `opscentre alerts forward` is being written on its own branch.
-PENDING_SETTINGS = {"OPSCENTRE_ALERTMANAGER"}
+PENDING_SETTINGS: set = set()  # settings the stack uses before their code exists (none)
 
 
 def raw() -> dict:
