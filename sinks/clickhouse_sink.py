@@ -51,9 +51,11 @@ SECURITY_RAW_COLUMNS = (
     "action", "sensor", "dst_asset", "src_ip", "rule_id", "technique", "count",
     "topic_id", "source_partition", "source_offset", "item_index", "record_ms",
 )
+# One row per (item, status): "firing" when the item went overdue, "resolved" when it was closed after.
 ALERT_COLUMNS = (
     "alert_id", "type", "kind", "item_id", "item_ref", "province", "agency", "procedure_code", "due_ms",
     "detected_ms", "replayed", "published", "published_offset", "topic_id", "source_partition", "source_offset",
+    "status", "resolved_ms",
 )
 REJECTED_COLUMNS = (
     "topic", "topic_id", "source_partition", "source_offset", "item_index", "record_ms", "rejected_at", "reason", "original",
@@ -256,7 +258,7 @@ class ClickHouseSink:
         before = f"{source} AND source_offset < {int(first_offset)}"
         position = "source_offset * 100000 + item_index"
         table = self.store.table("open_items")
-        alerted = f"SELECT kind, item_id FROM {self.store.table('alerts')} WHERE {source}"
+        alerted = f"SELECT kind, item_id FROM {self.store.table('alerts')} WHERE {source} AND status = 'firing'"
         open_items = self.store.query(
             f"SELECT kind, item_id, argMinIf(occurred_ms, {position}, NOT closed), argMinIf(due_ms, {position}, NOT closed), "
             f"argMinIf(province, {position}, NOT closed), argMinIf(agency, {position}, NOT closed), "
@@ -383,13 +385,14 @@ class ClickHouseSink:
 
     def load_alert_state(self, topic_id: str, partition: int, first_offset: int, since_ms: int) -> tuple:
         """For a worker resuming a partition at `first_offset`: (kind, item_id, detected_ms) of alerts raised
-        by records it will see again, alert rows stored but never published, and ("kind:item_id",
-        record_ms) of items closed since `since_ms` (record time), oldest first, and the alerts-topic offset
-        of the last alert known to be published from this partition (-1: none)."""
+        by records it will see again, alert rows (firing or resolved) stored but never published, and
+        ("kind:item_id", record_ms) of items closed since `since_ms` (record time), oldest first, and the
+        alerts-topic offset of the last alert message known to be published from this partition (-1: none)."""
         source = f"topic_id = {quote(topic_id)} AND source_partition = {int(partition)}"
         alerts = self.store.table("alerts")
         alerted = [(k, i, int(d)) for k, i, d in self.store.query(
-            f"SELECT kind, item_id, detected_ms FROM {alerts} FINAL WHERE {source} AND source_offset >= {int(first_offset)}")]
+            f"SELECT kind, item_id, detected_ms FROM {alerts} FINAL WHERE {source} AND status = 'firing' "
+            f"AND source_offset >= {int(first_offset)}")]
         unpublished = [tuple(row) for row in self.store.query(
             f"SELECT {', '.join(ALERT_COLUMNS)} FROM {alerts} FINAL WHERE {source} AND published = 0")]
         closed = [(f"{kind}:{item_id}", int(ms)) for kind, item_id, ms in self.store.query(
@@ -398,6 +401,13 @@ class ClickHouseSink:
         last_published = self.store.query(
             f"SELECT max(published_offset), count() FROM {alerts} WHERE {source} AND published = 1")[0]
         return alerted, unpublished, closed, int(last_published[0]) if int(last_published[1]) else -1
+
+    def resolved_since(self, topic_id: str, partition: int, first_offset: int) -> list:
+        """(kind, item_id) of alerts resolved by records a resuming worker will see again."""
+        source = f"topic_id = {quote(topic_id)} AND source_partition = {int(partition)}"
+        return [tuple(row) for row in self.store.query(
+            f"SELECT kind, item_id FROM {self.store.table('alerts')} WHERE {source} AND status = 'resolved' "
+            f"AND source_offset >= {int(first_offset)}")]
 
 
 def _normalise_key(table: AggregateTable, key: tuple) -> tuple:

@@ -80,6 +80,52 @@ _SEEN = f"SELECT {', '.join(SEEN_COLUMNS)} FROM {{source}}"
 SEEN_VIEWS = {"seen_service_ids_mv": "service_events", "seen_security_ids_mv": "security_events"}
 
 
+ALERTS_TABLE = """CREATE TABLE IF NOT EXISTS {db}.{name} (
+    alert_id String,
+    type {lc},
+    kind {lc},
+    item_id String,
+    item_ref String,
+    province {lc},
+    agency {lc},
+    procedure_code {lc},
+    due_ms UInt64,
+    due_at DateTime('UTC') ALIAS toDateTime(intDiv(due_ms, 1000)),
+    detected_ms UInt64,
+    detected_at DateTime('UTC') DEFAULT toDateTime(intDiv(detected_ms, 1000)),
+    replayed UInt8,
+    published UInt8,
+    published_offset Int64,
+    topic_id {lc},
+    source_partition UInt16,
+    source_offset UInt64,
+    status {lc},
+    resolved_ms UInt64,
+    written_at DateTime('UTC') DEFAULT now()
+) ENGINE = ReplacingMergeTree(published)
+PARTITION BY toYYYYMM(toDateTime(intDiv(due_ms, 1000)))
+ORDER BY (kind, item_id, status)"""
+_ALERT_COPY = ("alert_id, type, kind, item_id, item_ref, province, agency, procedure_code, due_ms, detected_ms, replayed, "
+               "published, published_offset, topic_id, source_partition, source_offset")
+
+
+def _alerts_with_status(store: Store, version: tuple[int, ...]) -> None:
+    """alerts was keyed by item alone before resolutions (schema 7): rebuilt keyed by item and status,
+    its rows firing. Workers must be stopped meanwhile (README, "Upgrades")."""
+    (key,) = store.query(f"SELECT sorting_key FROM system.tables WHERE database = '{store.database}' "
+                         "AND name = 'alerts'")[0]
+    if "status" in key:
+        return
+    lc = _types(version)["LC"]
+    store.execute(f"DROP TABLE IF EXISTS {store.table('alerts_v7')}")
+    store.execute(ALERTS_TABLE.format(db=store.database, lc=lc, name="alerts_v7"))
+    store.execute(f"INSERT INTO {store.table('alerts_v7')} ({_ALERT_COPY}, status, resolved_ms) "
+                  f"SELECT {_ALERT_COPY}, 'firing', 0 FROM {store.table('alerts')} FINAL")
+    store.execute(f"RENAME TABLE {store.table('alerts')} TO {store.table('alerts_v6')}, "
+                  f"{store.table('alerts_v7')} TO {store.table('alerts')}")
+    store.execute(f"DROP TABLE {store.table('alerts_v6')}")
+
+
 def _types(version: tuple[int, ...]) -> dict[str, str]:
     modern = version >= (20, 1)
     return {
@@ -208,31 +254,10 @@ ORDER BY (topic_id, source_partition, source_offset, item_index)""",
 ) ENGINE = MergeTree
 PARTITION BY toYYYYMMDD(toDateTime(intDiv(record_ms, 1000)))
 ORDER BY (topic_id, source_partition, record_ms)""",
-        # One row per overdue item (ReplacingMergeTree on the item): published = 1 once the alert
-        # is on the alerts topic, so a worker taking the partition over re-sends only the others.
-        f"""CREATE TABLE IF NOT EXISTS {db}.alerts (
-    alert_id String,
-    type {lc},
-    kind {lc},
-    item_id String,
-    item_ref String,
-    province {lc},
-    agency {lc},
-    procedure_code {lc},
-    due_ms UInt64,
-    due_at DateTime('UTC') ALIAS toDateTime(intDiv(due_ms, 1000)),
-    detected_ms UInt64,
-    detected_at DateTime('UTC') DEFAULT toDateTime(intDiv(detected_ms, 1000)),
-    replayed UInt8,
-    published UInt8,
-    published_offset Int64,
-    topic_id {lc},
-    source_partition UInt16,
-    source_offset UInt64,
-    written_at DateTime('UTC') DEFAULT now()
-) ENGINE = ReplacingMergeTree(published)
-PARTITION BY toYYYYMM(toDateTime(intDiv(due_ms, 1000)))
-ORDER BY (kind, item_id)""",
+        # One row per overdue item and status (ReplacingMergeTree on both): "firing" when it went overdue,
+        # "resolved" when closed after; published = 1 once the message is on the alerts topic, so a
+        # worker taking the partition over re-sends only the others.
+        ALERTS_TABLE.format(db=db, lc=lc, name="alerts"),
         # Rows are identical when an event is stored twice; readers take any()/min() per item.
         f"""CREATE TABLE IF NOT EXISTS {db}.item_receipts (
     topic_id {lc},
@@ -391,6 +416,7 @@ def migrate(store: Store) -> int:
         store.execute(f"CREATE MATERIALIZED VIEW IF NOT EXISTS {store.table(view)} TO {store.table('seen_event_ids')} AS "
                       + _SEEN.format(source=store.table(source)))
     _add_columns(store, "rejected_events", {"original_bytes": "UInt32", "original_digest": "String"})
+    _alerts_with_status(store, version)
     _add_columns(store, "service_events", mark_columns(version))
     for view, target, select in (("lifecycle_edges_mv", "lifecycle_edges", LIFECYCLE_EDGES_VIEW),
                                  ("open_items_mv", "open_items", OPEN_ITEMS_VIEW)):

@@ -233,17 +233,20 @@ class Lifecycle:
             self._seal()
         return out
 
-    def mark_alerted(self, kind: str, item_id: str) -> None:
-        """The tracker paged for this item: its closing will resolve the alert."""
+    def mark_alerted(self, kind: str, item_id: str) -> bool:
+        """The tracker paged for this item: its closing will resolve the alert. False when the item is
+        not held (closed already): the alert is over as it starts."""
         key = item_key(kind, item_id)
         item = self.fresh.get(key)
         if item is not None:
             self.fresh[key] = item._replace(alerted=True)
-            return
+            return True
         found = self._find([key])[0]
-        if found is not None:
-            segment, pos = found
-            segment.alerted[pos] = True
+        if found is None:
+            return False
+        segment, pos = found
+        segment.alerted[pos] = True
+        return True
 
     # -- state ---------------------------------------------------------------------------
 

@@ -78,7 +78,8 @@ UNKNOWN_AGENCY = Counter("opscentre_stream_unknown_agency_events_total",
                          "Valid service events whose agency code is not in the catalogue", ["province"])
 WATERMARK = Gauge("opscentre_stream_watermark_seconds", "Event-time watermark of a source partition (epoch s)",
                   ["partition"])
-PUBLISHED, ALERT_ID = ALERT_COLUMNS.index("published"), ALERT_COLUMNS.index("alert_id")
+PUBLISHED, ALERT_ID, STATUS, SOURCE_OFFSET = (
+    ALERT_COLUMNS.index(name) for name in ("published", "alert_id", "status", "source_offset"))
 
 (
     RECEIVED, RECEIVED_FULL_ONLINE, RECEIVED_PARTIAL_ONLINE, COMPLETED, COMPLETED_ON_TIME, CANCELLED,
@@ -156,7 +157,7 @@ class PartitionState:
     __slots__ = (
         "topic", "topic_id", "partition", "table", "rows", "dirty", "recent",
         "next_offset", "stored_through", "max_window", "stored_up_to", "tracker", "last_record_wall_ms", "rebuild",
-        "lifecycle", "stored_version", "last_record_ms",
+        "lifecycle", "stored_version", "last_record_ms", "resolved",
     )
 
     def __init__(self, topic, topic_id, partition, table, horizon_ms):
@@ -181,6 +182,7 @@ class PartitionState:
         self.lifecycle = Lifecycle(horizon_ms) if table is SERVICE_MINUTE else None
         self.stored_version = -1  # highest version of this partition's rows known stored
         self.last_record_ms = 0
+        self.resolved: set = set()  # (kind, item_id) resolved by records this worker sees again
         self.last_record_wall_ms = 0
         # Set when a defect may have left the tracker inconsistent: the next record takes the
         # partition over again from what ClickHouse stores (after storing what is held).
@@ -195,16 +197,23 @@ class PartitionState:
         return row
 
 
+def alert_key(row) -> str:
+    """The alerts-topic key of an alert row: its alert_id, and for a resolution `alert_id:resolved`
+    (a worker taking over tells by key which messages of a partition are on the topic)."""
+    return row[ALERT_ID] if row[STATUS] == "firing" else f"{row[ALERT_ID]}:resolved"
+
+
 def alert_messages(rows) -> list:
     """(partition, key, JSON value) for the alerts topic, from alert rows (ALERT_COLUMNS). An alert
-    goes to the partition numbered like its source partition. The dossier or feedback id appears
-    only as its keyed hash (`item_ref`)."""
+    goes to the partition numbered like its source partition, its resolution after it. The dossier
+    or feedback id appears only as its keyed hash (`item_ref`)."""
     messages = []
     for row in rows:
         alert = dict(zip(ALERT_COLUMNS, row))
-        messages.append((alert["source_partition"], alert["alert_id"].encode(), msgspec.json.encode({
+        message = {
             "alert_id": alert["alert_id"],
             "type": alert["type"],
+            "status": alert["status"],
             "province": alert["province"],
             "agency": alert["agency"],
             "procedure_code": alert["procedure_code"] or None,
@@ -213,7 +222,10 @@ def alert_messages(rows) -> list:
             "detected_at": _rfc3339(alert["detected_ms"]),
             "replayed": bool(alert["replayed"]),
             "source": {"partition": alert["source_partition"], "offset": alert["source_offset"]},
-        })))
+        }
+        if alert["status"] == "resolved":
+            message["resolved_at"] = _rfc3339(alert["resolved_ms"])
+        messages.append((alert["source_partition"], alert_key(row).encode(), msgspec.json.encode(message)))
     return messages
 
 
@@ -329,7 +341,7 @@ class Processor:
         marks = None
         if service:
             try:
-                marks = self._lifecycle(state, plan, record_ms)
+                marks = self._lifecycle(state, plan, record_ms, offset)
                 tracker = state.tracker
                 for item in plan.items:
                     if type(item) is OpenItem:
@@ -522,14 +534,16 @@ class Processor:
         return _Plan(touched, N_SECURITY, raw, self.batch.security_raw, (), hashes, fresh,
                      {SecurityAlert: accepted} if accepted else {}, duplicates, {}, ())
 
-    def _lifecycle(self, state, plan: "_Plan", record_ms: int) -> list:
+    def _lifecycle(self, state, plan: "_Plan", record_ms: int, offset: int) -> list:
         """The record's receipts and closings through the partition's open items; returns the marks of
         each raw row (MARK_COLUMNS)."""
         marks_rows = [NO_MARKS_ROW] * len(plan.raw)
         if not plan.lifecycle_events:
             return marks_rows
         results = state.lifecycle.apply([event for _, event in plan.lifecycle_events], record_ms)
-        for (raw_index, _), (marks, item) in zip(plan.lifecycle_events, results):
+        for (raw_index, event), (marks, item) in zip(plan.lifecycle_events, results):
+            if item is not None and item.alerted:
+                self._resolve(state, event[0], event[1], item, event[2], offset)
             if raw_index is None or marks is NO_MARKS:
                 continue
             # A closing counts under its item's province, agency and procedure (the receipt's).
@@ -566,13 +580,27 @@ class Processor:
     def _alert(self, state, item: OpenItem, offset: int) -> None:
         kind_type = ALERT_TYPES[item.kind]
         item_ref = self.pseudonymise(f"{item.kind}:{item.item_id}")
-        state.lifecycle.mark_alerted(item.kind, item.item_id)
         OVERDUE_ALERTS.labels(kind_type, str(self.replaying).lower()).inc()
+        watermark = state.tracker.watermark
+        row = (f"{kind_type}:{item_ref[:32]}", kind_type, item.kind, item.item_id, item_ref, item.province,
+               item.agency, item.procedure_code, item.due_ms, watermark, int(self.replaying), 0, -1,
+               state.topic_id, state.partition, offset, "firing", 0)
+        self.batch.alerts.append(row)
+        if not state.lifecycle.mark_alerted(item.kind, item.item_id):
+            # Closed (late) before the watermark reached its due time: over as it starts, it pages nobody.
+            self.batch.alerts.append(row[:STATUS] + ("resolved", watermark))
+
+    def _resolve(self, state, kind: str, item_id: str, item, resolved_ms: int, offset: int) -> None:
+        """An alerted item closed: its alert is resolved (once: a resolution stored by a record the
+        worker sees again after a take-over is not made again)."""
+        if (kind, item_id) in state.resolved:
+            return
+        kind_type = ALERT_TYPES[kind]
+        item_ref = self.pseudonymise(f"{kind}:{item_id}")
         self.batch.alerts.append((
-            f"{kind_type}:{item_ref[:32]}", kind_type, item.kind, item.item_id, item_ref, item.province,
-            item.agency, item.procedure_code, item.due_ms, state.tracker.watermark, int(self.replaying), 0, -1,
-            state.topic_id, state.partition, offset,
-        ))
+            f"{kind_type}:{item_ref[:32]}", kind_type, kind, item_id, item_ref, item.province, item.agency,
+            item.procedure_code, item.due_ms, max(0, state.tracker.watermark), int(self.replaying), 0, -1,
+            state.topic_id, state.partition, offset, "resolved", resolved_ms))
 
     def tick(self) -> None:
         """Advance idle live partitions to the wall clock (less a grace period for events in flight).
@@ -703,12 +731,14 @@ class Processor:
             state.tracker.remember_alerted(alerted)
             state.tracker.closed.preload(closed)
             if unpublished:
+                unpublished.sort(key=lambda row: (row[SOURCE_OFFSET], row[STATUS] == "resolved"))  # firing first
                 # Stored, not known to be published: the worker may have died between the two.
                 # Whatever reached the alerts topic after the last known one is not sent again.
                 sent = self.published_since(partition, last_published + 1)
-                self.mark_published([row for row in unpublished if row[ALERT_ID] in sent],
-                                    [sent[row[ALERT_ID]] for row in unpublished if row[ALERT_ID] in sent])
-                self.unpublished.extend(row for row in unpublished if row[ALERT_ID] not in sent)
+                self.mark_published([row for row in unpublished if alert_key(row) in sent],
+                                    [sent[alert_key(row)] for row in unpublished if alert_key(row) in sent])
+                self.unpublished.extend(row for row in unpublished if alert_key(row) not in sent)
+            state.resolved = set(self.sink.resolved_since(topic_id, partition, offset))
         self.partitions[(topic, partition)] = state
         PARTITIONS.set(len(self.partitions))
         log.info(

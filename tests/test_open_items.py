@@ -96,7 +96,7 @@ def open_items_are_receipts_due_in_the_range_not_closed_in_time_nor_alerted(stor
     alert = dict(alert_id="dossier.overdue:x", type="dossier.overdue", kind="dossier", item_id="HS-3", item_ref="x",
                  province="01", agency="SO-TNMT", procedure_code="1.001", due_ms=T0 + 3 * HOUR,
                  detected_ms=T0 + 3 * HOUR, replayed=0, published=1, published_offset=0, topic_id="topic-a",
-                 source_partition=0, source_offset=4)
+                 source_partition=0, source_offset=4, status="firing", resolved_ms=0)
     sink.write_rows(WriteBatch(alerts=[tuple(alert.values())]))
     assert open_items(sink, None, T0 + 6 * HOUR) == [EXPECTED_0_TO_6H[0], EXPECTED_0_TO_6H[2]]
 

@@ -123,10 +123,10 @@ def alerts_on_topic(settings, timeout_s: float = 3.0) -> list[dict]:
         consumer.close()
 
 
-def stored_alerts(pipeline) -> dict:
+def stored_alerts(pipeline, status: str = "firing") -> dict:
     store = pipeline.store()
     rows = store.query(f"SELECT kind, item_id, alert_id, due_ms, detected_ms, replayed, published "
-                       f"FROM {store.table('alerts')} FINAL")
+                       f"FROM {store.table('alerts')} FINAL WHERE status = '{status}'")
     return {(kind, item): (alert_id, int(due), int(detected), int(replayed), int(published))
             for kind, item, alert_id, due, detected, replayed, published in rows}
 
@@ -183,10 +183,21 @@ def test_overdue_alerts_once_each_across_restart_and_replay(pipeline):
         assert detected > due and replayed == 0
     pipeline.wait_for(lambda: all(v[4] for v in stored_alerts(pipeline).values()), what="alerts marked published")
 
+    # An alerted item closed later is resolved, once: a resolution follows its alert on the topic.
+    closings = {("dossier" if e["event_type"].startswith("dossier") else "feedback", e.get("dossier_id") or e["feedback_id"])
+                for e in events if e["event_type"] in ("dossier.completed", "dossier.cancelled", "feedback.resolved")}
+    want_resolved = want & closings
+    assert ("feedback", "FB-late") in want_resolved
+    pipeline.wait_for(lambda: set(stored_alerts(pipeline, "resolved")) == want_resolved
+                      and all(v[4] for v in stored_alerts(pipeline, "resolved").values()), what="resolutions published")
     on_topic = alerts_on_topic(settings)
-    counts = collections.Counter(a["alert_id"] for a in on_topic)
-    assert set(counts) == {v[0] for v in stored.values()}
+    counts = collections.Counter((a["alert_id"], a["status"]) for a in on_topic)
+    assert {alert for alert, status in counts if status == "firing"} == {v[0] for v in stored.values()}
+    assert {alert for alert, status in counts if status == "resolved"} == {
+        v[0] for k, v in stored.items() if k in want_resolved}
     assert max(counts.values()) == 1, [a for a, c in counts.items() if c > 1]
+    order = {(a["alert_id"], a["status"]): n for n, a in enumerate(on_topic)}
+    assert all(order[(alert, "firing")] < n for (alert, status), n in order.items() if status == "resolved")
     sample = on_topic[0]
     assert set(sample) >= {"type", "province", "agency", "procedure_code", "item_ref", "due_at", "detected_at"}
     assert "HS-" not in json.dumps(on_topic) and "FB-" not in json.dumps(on_topic)  # ids only as keyed hashes
@@ -228,4 +239,5 @@ def test_overdue_alerts_once_each_across_restart_and_replay(pipeline):
     assert set(copied) == want
     assert all(v[3] == 1 for v in copied.values())
     replayed = [a for a in alerts_on_topic(settings) if a["replayed"]]
-    assert len(replayed) == len(want)
+    assert len([a for a in replayed if a["status"] == "firing"]) == len(want)
+    assert len([a for a in replayed if a["status"] == "resolved"]) == len(want_resolved)
