@@ -7,7 +7,7 @@ Two measurements:
   copies of one kind at a time; the time from the first record produced to the last one stored
   (valid) or dead-lettered (hostile), which adds sending the dead letters to Kafka.
 
-    python bench/hostile.py [--repeat 5] [--records 20] [--only processor|worker]
+    python bench/hostile.py [--repeat 5] [--records 10] [--only processor|worker]
 """
 
 from __future__ import annotations
@@ -90,6 +90,9 @@ class NoStore:
 
     def load_open_state(self, *args):
         return [], []
+
+    def resolved_since(self, *args):
+        return []
 
     def load_alert_state(self, *args):
         return [], [], [], -1
@@ -200,7 +203,7 @@ def bench_worker(count: int) -> list:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--records", type=int, default=20)
+    parser.add_argument("--records", type=int, default=10)
     parser.add_argument("--only", choices=("processor", "worker"))
     args = parser.parse_args()
     if not 1 <= args.records <= 16:

@@ -66,6 +66,9 @@ class MemorySink:
     def purge_open_items(self, *args):
         pass
 
+    def resolved_since(self, topic_id, partition, first_offset):
+        return []
+
     def load_alert_state(self, topic_id, partition, first_offset, since_ms):
         return [], [], [], -1
 
