@@ -98,6 +98,9 @@ class Settings:
     consumer_group: str = "opscentre-worker"
     dedup_horizon_s: float = 600.0
     max_future_s: float = 600.0
+    # Raw events, minute rows and lifecycle edges are kept this long (whole months, sinks/retention.py);
+    # hour rows twice as long; day and month rows, alerts and open items always. 0: keep everything.
+    retention_days: int = _setting(400, minimum=0)
     flush_interval_s: float = _setting(1.0, minimum=0.05)
     flush_max_records: int = _setting(2000, minimum=1)
     fetch_max_wait_s: float = _setting(0.1, minimum=0.01)

@@ -30,11 +30,12 @@ from .clickhouse_sink import (
 # Partitions of the rollup tables: a month of hours, a year of days, all months in one.
 _ROLLUP_PARTITIONS = {"hour": "toYYYYMM(window_start)", "day": "toYear(window_start)", "month": "tuple()"}
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 ITEM_VIEWS_SINCE = 3  # the version that added them; databases older than it are backfilled
 REDACTED_SINCE = 5  # rejected_events keeps no personal identifier from this version on
 ROLLUPS_SINCE = 6  # hour, day and month rows; databases older than it are filled from their minute rows
 LIFECYCLE_SINCE = 7  # lifecycle edges and counts; older databases are filled once from their events (below)
+ITEM_HISTORY_SINCE = 8  # item_events, one item's events by id; older databases are filled once
 
 # What the overdue tracker loads (streams.overdue): receipts by due time and closings by item, kept
 # by materialized views from service_events, so that loading the items due in the next hour, or a
@@ -71,6 +72,11 @@ WHERE lc_open_entered != 0 OR lc_open_left != 0 OR lc_overdue_entered != 0 OR lc
 OPEN_ITEMS_VIEW = f"""SELECT topic_id, source_partition, {_KIND} AS kind, item_id, {_CLOSINGS} AS closed, source_offset,
        item_index, occurred_ms, due_ms, record_ms, province, agency, procedure_code
 FROM {{source}} WHERE {_RECEIPTS} OR {_CLOSINGS}"""
+
+# One dossier's or feedback item's events, ordered by its id: a drill-down reads its own rows, not the history.
+ITEM_HISTORY_VIEW = """SELECT item_id, event_type, occurred_ms, due_ms, province, agency, procedure_code, service_level,
+       channel, result, on_time, method, amount_vnd, satisfied, topic_id, source_partition, source_offset, item_index
+FROM {source} WHERE item_id != ''"""
 
 # Accepted ids by arrival (see seen_event_ids), kept by ClickHouse from the raw tables instead of
 # inserted beside them: the writer encodes each id once, not twice (schema 4; earlier workers
@@ -369,6 +375,28 @@ ORDER BY (province, agency, procedure_code, window_start, topic_id, source_parti
 ) ENGINE = MergeTree
 PARTITION BY source_partition
 ORDER BY (topic_id, source_partition, kind, item_id, source_offset)""",
+        f"""CREATE TABLE IF NOT EXISTS {db}.item_events (
+    item_id String,
+    event_type {lc},
+    occurred_ms UInt64,
+    due_ms UInt64,
+    province {lc},
+    agency {lc},
+    procedure_code {lc},
+    service_level {lc},
+    channel {lc},
+    result {lc},
+    on_time UInt8,
+    method {lc},
+    amount_vnd UInt64,
+    satisfied Nullable(UInt8),
+    topic_id {lc},
+    source_partition UInt16,
+    source_offset UInt64,
+    item_index Int32
+) ENGINE = ReplacingMergeTree
+PARTITION BY toYYYYMM(toDateTime(intDiv(occurred_ms, 1000)))
+ORDER BY (item_id, occurred_ms, topic_id, source_partition, source_offset, item_index)""",
         f"""CREATE TABLE IF NOT EXISTS {db}.schema_migrations (
     version UInt32,
     applied_at DateTime('UTC') DEFAULT now()
@@ -419,7 +447,8 @@ def migrate(store: Store) -> int:
     _alerts_with_status(store, version)
     _add_columns(store, "service_events", mark_columns(version))
     for view, target, select in (("lifecycle_edges_mv", "lifecycle_edges", LIFECYCLE_EDGES_VIEW),
-                                 ("open_items_mv", "open_items", OPEN_ITEMS_VIEW)):
+                                 ("open_items_mv", "open_items", OPEN_ITEMS_VIEW),
+                                 ("item_events_mv", "item_events", ITEM_HISTORY_VIEW)):
         store.execute(f"CREATE MATERIALIZED VIEW IF NOT EXISTS {store.table(view)} TO {store.table(target)} AS "
                       + select.format(source=store.table("service_events")))
     applied = {int(v) for (v,) in store.query(f"SELECT version FROM {store.table('schema_migrations')}")}
@@ -439,6 +468,10 @@ def migrate(store: Store) -> int:
             "position(reason, 'not a JSON event object') > 0, "
             "concat(substring(reason, 1, position(reason, 'not a JSON event object') + 22), ' (removed on upgrade)'), "
             "reason) WHERE original_digest = ''")
+    if ITEM_HISTORY_SINCE not in applied:
+        # Events stored before item_events existed are copied once (a repeat is one row: its key).
+        store.execute(f"INSERT INTO {store.table('item_events')} "
+                      + ITEM_HISTORY_VIEW.format(source=store.table("service_events") + " FINAL"))
     if ROLLUPS_SINCE not in applied:
         # Minute rows stored before the rollups existed: every bucket of theirs is computed once.
         sink = ClickHouseSink(store)
@@ -448,7 +481,7 @@ def migrate(store: Store) -> int:
                 sink.recompute_partition_rollups(table, topic_id, int(partition), 0)
     # LIFECYCLE_SINCE is recorded by streams.lifecycle.fill(), which computes the transitions of the
     # events a database already holds with the stream's rules; a database without events has none.
-    wanted = {ITEM_VIEWS_SINCE, REDACTED_SINCE, ROLLUPS_SINCE, SCHEMA_VERSION} - {LIFECYCLE_SINCE}
+    wanted = {ITEM_VIEWS_SINCE, REDACTED_SINCE, ROLLUPS_SINCE, ITEM_HISTORY_SINCE, SCHEMA_VERSION} - {LIFECYCLE_SINCE}
     if LIFECYCLE_SINCE not in applied and not int(
             store.query(f"SELECT count() FROM {store.table('service_events')}")[0][0]):
         wanted.add(LIFECYCLE_SINCE)

@@ -39,6 +39,7 @@ from opscentre.provinces import load_provinces
 from opscentre.settings import Settings
 from opscentre.telemetry import serve_metrics
 from sinks.clickhouse_sink import FLUSH_FAILURES, ClickHouseSink
+from sinks.retention import apply_retention
 from sinks.schema import migrate
 from sinks.writer_process import WriterProcess
 
@@ -54,6 +55,7 @@ LAG_SECONDS = Gauge("opscentre_stream_consumer_lag_seconds",
 # A snapshot is also taken after this many events, whatever the time (bounds memory and write size).
 FLUSH_MAX_EVENTS = 200_000
 STORE_UP = Gauge("opscentre_stream_clickhouse_up", "1 while the last ClickHouse write succeeded")
+RETENTION_EVERY_S = 3600.0
 
 
 def kafka_transport(fetch_max_wait_ms: int) -> type:
@@ -371,6 +373,18 @@ def build_app(settings: Settings, processor: Processor, writer=None) -> faust.Ap
             await store_all_held()
 
     app.store_held_records = store_held_records
+
+    @app.timer(interval=RETENTION_EVERY_S, on_leader=False)
+    async def keep_retention() -> None:
+        """Whole months past retention leave ClickHouse (sinks/retention.py); every worker may do it."""
+        try:
+            dropped = await asyncio.get_running_loop().run_in_executor(
+                None, apply_retention, processor.sink.store, settings.retention_days)
+        except StoreError as exc:
+            log.warning("retention: could not drop old partitions (will retry): %s", exc)
+            return
+        if dropped:
+            log.info("retention: dropped %s", ", ".join(dropped))
 
     @app.task
     async def watch_for_stalls() -> None:

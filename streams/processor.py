@@ -251,6 +251,8 @@ def _reason_label(reason: str) -> str:
         return "unknown_province"
     if "in the future" in reason:
         return "future"
+    if "-day retention" in reason:
+        return "before_retention"
     if "belongs on topic" in reason:
         return "wrong_topic"
     if ": missing" in reason:
@@ -265,7 +267,7 @@ class Processor:
         self.sink = sink
         self.topic_ids = topic_ids
         self.kinds = {settings.service_topic: "service", settings.security_topic: "security"}
-        self.validator = Validator(provinces, int(settings.max_future_s * 1000))
+        self.validator = Validator(provinces, int(settings.max_future_s * 1000), settings.retention_days)
         self.knows_agency = (catalogue or default_catalogue()).knows_agency
         self.pseudonymise = Pseudonymiser(pseudonym_key)
         self.horizon_ms = int(settings.dedup_horizon_s * 1000)
