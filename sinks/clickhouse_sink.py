@@ -276,11 +276,12 @@ class ClickHouseSink:
         """Forget the items closed before `before_offset` by a closing recorded before `before_record_ms`:
         no take-over will need them (a mutation: ClickHouse runs it in the background)."""
         source = f"topic_id = {quote(topic_id)} AND source_partition = {int(partition)}"
-        table = self.store.table("open_items")
-        self.store.execute(
-            f"ALTER TABLE {table} DELETE WHERE {source} AND source_offset < {int(before_offset)} AND (kind, item_id) IN "
-            f"(SELECT kind, item_id FROM {table} WHERE {source} AND closed AND source_offset < {int(before_offset)} "
-            f"AND record_ms < {int(before_record_ms)})")
+        for node in self.store.nodes():  # a mutation runs on the table holding the rows
+            table = node.local("open_items")
+            node.execute(
+                f"ALTER TABLE {table} DELETE WHERE {source} AND source_offset < {int(before_offset)} AND (kind, item_id) IN "
+                f"(SELECT kind, item_id FROM {table} WHERE {source} AND closed AND source_offset < {int(before_offset)} "
+                f"AND record_ms < {int(before_record_ms)})")
 
     def recompute_rollups(self, table: AggregateTable, touched: set) -> list:
         """Recompute the hour, day and month rows over the (topic id, partition, minute) given, each

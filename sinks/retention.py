@@ -31,15 +31,18 @@ SEEN_IDS_DAYS = 7
 
 
 def drop_before(store: Store, table: str, partition_below: int) -> list[str]:
-    """Drop the partitions of `table` whose id (YYYYMM or YYYYMMDD) is below `partition_below`."""
+    """Drop the partitions of `table` whose id (YYYYMM or YYYYMMDD) is below `partition_below` (on a
+    cluster, of its local table on every node)."""
     dropped = []
-    for (partition,) in store.query(
-            f"SELECT DISTINCT partition FROM system.parts WHERE database = '{store.database}' AND table = '{table}' "
-            "AND active"):
-        value = str(partition).strip("'")
-        if value.isdigit() and int(value) < partition_below:
-            store.execute(f"ALTER TABLE {store.table(table)} DROP PARTITION {value}")
-            dropped.append(f"{table} {value}")
+    for node in store.nodes():
+        local = node.local(table).rsplit(".", 1)[1]
+        for (partition,) in node.query(
+                f"SELECT DISTINCT partition FROM system.parts WHERE database = '{node.database}' AND table = '{local}' "
+                "AND active"):
+            value = str(partition).strip("'")
+            if value.isdigit() and int(value) < partition_below:
+                node.execute(f"ALTER TABLE {node.local(table)} DROP PARTITION {value}")
+                dropped.append(f"{table} {value}")
     return dropped
 
 

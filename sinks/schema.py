@@ -14,6 +14,8 @@ Readers use FINAL (or argMax by version) and sum across partitions.
 
 from __future__ import annotations
 
+import re
+
 from opscentre.clickhouse import Store
 from opscentre.measures import LIFECYCLE_COUNTERS, SECURITY_COUNTERS, SERVICE_COUNTERS
 
@@ -115,7 +117,7 @@ _ALERT_COPY = ("alert_id, type, kind, item_id, item_ref, province, agency, proce
                "published, published_offset, topic_id, source_partition, source_offset")
 
 
-def _alerts_with_status(store: Store, version: tuple[int, ...]) -> None:
+def _alerts_with_status(store: Store, version: tuple[int, ...]) -> None:  # a single server
     """alerts was keyed by item alone before resolutions (schema 7): rebuilt keyed by item and status,
     its rows firing. Workers must be stopped meanwhile (README, "Upgrades")."""
     (key,) = store.query(f"SELECT sorting_key FROM system.tables WHERE database = '{store.database}' "
@@ -406,12 +408,15 @@ ORDER BY version""",
 
 
 def _add_columns(store: Store, table: str, columns: dict) -> None:
-    """Columns a table created by an earlier version lacks (18.16 has no ADD COLUMN IF NOT EXISTS)."""
-    have = {name for (name,) in store.query(
-        f"SELECT name FROM system.columns WHERE database = '{store.database}' AND table = '{table}'")}
-    for name, kind in columns.items():
-        if name not in have:
-            store.execute(f"ALTER TABLE {store.table(table)} ADD COLUMN {name} {kind}")
+    """Columns a table created by an earlier version lacks (18.16 has no ADD COLUMN IF NOT EXISTS); on a
+    cluster, on every node, the local table and the Distributed one."""
+    for node in store.nodes():
+        for name in ((table + "_local", table) if store.cluster else (table,)):
+            have = {column for (column,) in node.query(
+                f"SELECT name FROM system.columns WHERE database = '{node.database}' AND table = '{name}'")}
+            for column, kind in columns.items():
+                if column not in have:
+                    node.execute(f"ALTER TABLE {node.table(name)} ADD COLUMN {column} {kind}")
 
 
 def mark_columns(server_version: tuple[int, ...]) -> dict:
@@ -432,25 +437,34 @@ def rollup_statements(database: str, server_version: tuple[int, ...]) -> list[st
     return created
 
 
+_MATERIALIZED = (
+    *((view, target, "service_events", select) for view, (target, select) in ITEM_VIEWS.items()),
+    *((view, "seen_event_ids", source, _SEEN) for view, source in SEEN_VIEWS.items()),
+    ("lifecycle_edges_mv", "lifecycle_edges", "service_events", LIFECYCLE_EDGES_VIEW),
+    ("open_items_mv", "open_items", "service_events", OPEN_ITEMS_VIEW),
+    ("item_events_mv", "item_events", "service_events", ITEM_HISTORY_VIEW),
+)
+_TABLE_NAME = re.compile(r"CREATE TABLE IF NOT EXISTS \w+\.(\w+) \(")
+_ENGINE = re.compile(r"ENGINE = (\w*MergeTree)(?:\(([^)]*)\))?")
+
+
 def migrate(store: Store) -> int:
     """Create or upgrade the schema; returns the schema version. Safe to run twice."""
     version = store.server_version()
-    for sql in statements(store.database, version) + rollup_statements(store.database, version):
-        store.execute(sql)
-    for view, (target, select) in ITEM_VIEWS.items():
-        store.execute(f"CREATE MATERIALIZED VIEW IF NOT EXISTS {store.table(view)} TO {store.table(target)} AS "
-                      + select.format(source=store.table("service_events")))
-    for view, source in SEEN_VIEWS.items():
-        store.execute(f"CREATE MATERIALIZED VIEW IF NOT EXISTS {store.table(view)} TO {store.table('seen_event_ids')} AS "
-                      + _SEEN.format(source=store.table(source)))
+    created = statements(store.database, version) + rollup_statements(store.database, version)
+    if store.cluster:
+        _create_on_cluster(store, created)
+    else:
+        for sql in created:
+            store.execute(sql)
+    for view, target, source, select in _MATERIALIZED:
+        for node in store.nodes():
+            node.execute(f"CREATE MATERIALIZED VIEW IF NOT EXISTS {node.table(view)} TO {node.local(target)} AS "
+                         + select.format(source=node.local(source)))
     _add_columns(store, "rejected_events", {"original_bytes": "UInt32", "original_digest": "String"})
-    _alerts_with_status(store, version)
+    if not store.cluster:  # a cluster is created keyed by status already
+        _alerts_with_status(store, version)
     _add_columns(store, "service_events", mark_columns(version))
-    for view, target, select in (("lifecycle_edges_mv", "lifecycle_edges", LIFECYCLE_EDGES_VIEW),
-                                 ("open_items_mv", "open_items", OPEN_ITEMS_VIEW),
-                                 ("item_events_mv", "item_events", ITEM_HISTORY_VIEW)):
-        store.execute(f"CREATE MATERIALIZED VIEW IF NOT EXISTS {store.table(view)} TO {store.table(target)} AS "
-                      + select.format(source=store.table("service_events")))
     applied = {int(v) for (v,) in store.query(f"SELECT version FROM {store.table('schema_migrations')}")}
     if ITEM_VIEWS_SINCE not in applied:
         # Events stored before the views existed are copied once. Events a worker stores meanwhile
@@ -461,9 +475,9 @@ def migrate(store: Store) -> int:
     # Rows stored before REDACTED_SINCE may hold identifiers in clear: their originals are dropped, and
     # the reasons that could repeat content are cut. Rows stored since always have a digest.
     (unredacted,) = store.query(f"SELECT count() FROM {store.table('rejected_events')} WHERE original_digest = ''")[0]
-    if int(unredacted):
-        store.execute(
-            f"ALTER TABLE {store.table('rejected_events')} UPDATE original = '', reason = multiIf("
+    for node in store.nodes() if int(unredacted) else ():
+        node.execute(
+            f"ALTER TABLE {node.local('rejected_events')} UPDATE original = '', reason = multiIf("
             "startsWith(reason, 'field \\'applicant_id\\''), 'field \\'applicant_id\\': (removed on upgrade)', "
             "position(reason, 'not a JSON event object') > 0, "
             "concat(substring(reason, 1, position(reason, 'not a JSON event object') + 22), ' (removed on upgrade)'), "
@@ -488,6 +502,42 @@ def migrate(store: Store) -> int:
     missing = sorted(wanted - applied)
     record_migrations(store, missing)
     return SCHEMA_VERSION
+
+
+def _create_on_cluster(store: Store, created: list[str]) -> None:
+    """Every node gets the local tables (Replicated engines when a shard has replicas: ZooKeeper or
+    Keeper and the {shard} and {replica} macros), then the Distributed tables, sharded by source
+    partition, under the names the code reads and writes, then the views over them. Node by node,
+    not ON CLUSTER: two servers with a remote_servers section need no coordination service."""
+    nodes = store.nodes()
+    replicated = store.replicated()
+    tables = [(sql, _TABLE_NAME.search(sql).group(1)) for sql in created if _TABLE_NAME.search(sql)]
+    views = [sql for sql in created if sql.startswith("CREATE VIEW")]
+    for node in nodes:
+        node.execute(f"CREATE DATABASE IF NOT EXISTS {node.database}")
+        for sql, name in tables:
+            node.execute(_local_table(sql, name, node.database, replicated))
+    for node in nodes:
+        for sql, name in tables:
+            key = "source_partition" if "source_partition UInt16" in sql else "0"
+            node.execute(f"CREATE TABLE IF NOT EXISTS {node.table(name)} AS {node.local(name)} "
+                         f"ENGINE = Distributed({store.cluster}, {node.database}, {name}_local, {key})")
+        for sql in views:
+            node.execute(sql)
+
+
+def _local_table(sql: str, name: str, database: str, replicated: bool) -> str:
+    sql = sql.replace(f".{name} (", f".{name}_local (", 1)
+    if not replicated:
+        return sql
+
+    def engine(match: re.Match) -> str:
+        arguments = f"'/clickhouse/tables/{{shard}}/{database}/{name}', '{{replica}}'"
+        if match.group(2):
+            arguments += f", {match.group(2)}"
+        return f"ENGINE = Replicated{match.group(1)}({arguments})"
+
+    return _ENGINE.sub(engine, sql, count=1)
 
 
 def applied_migrations(store: Store) -> set:
