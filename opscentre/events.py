@@ -15,6 +15,7 @@ an event object.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import re
 from typing import Annotated, ClassVar, Literal, NamedTuple, Union
 
@@ -231,7 +232,12 @@ def retention_start_ms(now_ms: int, days: int) -> int:
     every count of a month kept is a sum of rows kept (sinks/retention.py). 0 days: no start."""
     if days <= 0:
         return MIN_MS
-    then = _dt.datetime.fromtimestamp(max(0, now_ms - days * 86_400_000) / 1000, _dt.timezone.utc)
+    return _retention_start(max(0, now_ms - days * 86_400_000) // 3_600_000)
+
+
+@functools.lru_cache(maxsize=64)
+def _retention_start(hour: int) -> int:  # per hour: it runs for every record
+    then = _dt.datetime.fromtimestamp(hour * 3600, _dt.timezone.utc)
     return int(_dt.datetime(then.year, then.month, 1, tzinfo=_dt.timezone.utc).timestamp() * 1000)
 
 
