@@ -279,7 +279,8 @@ class ClickHouseSink:
 
     def load_open_state(self, topic_id: str, partition: int, first_offset: int, since_record_ms: int) -> tuple:
         """For a worker resuming a partition at `first_offset`, as of that offset: the items received
-        and not closed (kind, item_id, received_ms, due_ms, province, agency, procedure_code, alerted),
+        and not closed (kind, item_id, received_ms, due_ms, province, agency, procedure_code, detected_ms of
+        its overdue alert or 0),
         and the closings recorded since `since_record_ms` (kind, item_id, closed_ms, record_ms, received),
         oldest first. The first receipt of an item counts, by position in the partition."""
         source = f"topic_id = {quote(topic_id)} AND source_partition = {int(partition)}"
@@ -297,7 +298,13 @@ class ClickHouseSink:
             f"countIf(NOT closed) > 0 AS received FROM {table} WHERE {before} AND (kind, item_id) IN "
             f"(SELECT kind, item_id FROM {table} WHERE {before} AND closed AND record_ms >= {int(since_record_ms)}) "
             f"GROUP BY kind, item_id ORDER BY maxIf(record_ms, closed)")
-        return ([(k, i, int(r), int(d), p, a, c, bool(al)) for k, i, r, d, p, a, c, al in open_items],
+        detected = {}
+        for _, keys in literal_lists([f"({quote(k)}, {quote(i)})" for k, i, *_, al in open_items if al]):
+            detected.update(((k, i), int(ms)) for k, i, ms in self.store.query(
+                f"SELECT kind, item_id, max(detected_ms) FROM {self.store.table('alerts')} WHERE {source} "
+                f"AND status = 'firing' AND (kind, item_id) IN ({keys}) GROUP BY kind, item_id"))
+        return ([(k, i, int(r), int(d), p, a, c, max(1, detected.get((k, i), 1)) if al else 0)
+                 for k, i, r, d, p, a, c, al in open_items],
                 [(k, i, int(c), int(ms), bool(received)) for k, i, c, ms, received in closings])
 
     def purge_open_items(self, topic_id: str, partition: int, before_offset: int, before_record_ms: int) -> None:

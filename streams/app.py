@@ -44,7 +44,7 @@ from sinks.schema import migrate
 from sinks.writer_process import WriterProcess
 
 from .lifecycle import fill as fill_lifecycle
-from .processor import Processor, ProcessorFailure, alert_messages
+from .processor import Interrupted, Processor, ProcessorFailure, alert_messages
 
 log = logging.getLogger("opscentre.worker")
 
@@ -324,8 +324,8 @@ def build_app(settings: Settings, processor: Processor, writer=None) -> faust.Ap
         in_flight.append((future, snapshot, offsets))
 
     async def read_with_retry(call, *args):
-        """Processing reads ClickHouse (a partition's stored rows on take-over, rows that left
-        memory): while it is unreachable, wait and retry; the records stay unacknowledged."""
+        """Preparing a snapshot reads ClickHouse (rows that left memory): while it is unreachable,
+        wait and retry; the records stay unacknowledged."""
         delay = 0.5
         while True:
             try:
@@ -333,6 +333,22 @@ def build_app(settings: Settings, processor: Processor, writer=None) -> faust.Ap
             except StoreError as exc:
                 STORE_UP.set(0)
                 log.warning("ClickHouse read failed, retrying in %.1fs: %s", delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    async def apply_with_retry(topic: str, partition: int, records: list) -> list:
+        """Processing reads ClickHouse (a partition's stored rows on take-over): while it is
+        unreachable, wait and retry from the first record not applied; they stay unacknowledged."""
+        delay = 0.5
+        letters: list = []
+        while True:
+            try:
+                return letters + processor.process_records(topic, partition, records)
+            except Interrupted as exc:
+                STORE_UP.set(0)
+                log.warning("ClickHouse read failed, retrying in %.1fs: %s", delay, exc.__cause__)
+                letters += exc.letters
+                records = records[exc.applied:]
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
 
@@ -370,8 +386,8 @@ def build_app(settings: Settings, processor: Processor, writer=None) -> faust.Ap
             pass
 
     async def handle_records(batch: dict, generation: int) -> dict:
-        """A fetched batch {tp: [records]}, applied record by record in offset order, exactly as one
-        record at a time; returns {tp: last offset applied}. Stops between partitions when a
+        """A fetched batch {tp: [records]}, each partition's records applied in offset order, exactly
+        as one record at a time (Processor.process_records); returns {tp: last offset applied}. Stops between partitions when a
         rebalance has begun (their records come again to whoever owns them)."""
         done: dict = {}
         letters: list = []
@@ -381,19 +397,14 @@ def build_app(settings: Settings, processor: Processor, writer=None) -> faust.Ap
                 if app.consumer_generation_id != generation or not app.consumer.flow_active:
                     break
                 topic, partition = tp.topic, tp.partition
-                offsets = pending.setdefault(tp, [])
-                for record in records:
-                    try:
-                        found = await read_with_retry(
-                            processor.process, topic, partition, record.offset, record.timestamp, record.value)
-                    except ProcessorFailure as failure:
-                        # Like a kill: what was not committed is redelivered to the restarted worker.
-                        log.critical("%s", failure, exc_info=failure.__cause__)
-                        logging.shutdown()
-                        os._exit(70)
-                    if found:
-                        letters += found
-                    offsets.append(record.offset)
+                try:
+                    letters += await apply_with_retry(topic, partition, records)
+                except ProcessorFailure as failure:
+                    # Like a kill: what was not committed is redelivered to the restarted worker.
+                    log.critical("%s", failure, exc_info=failure.__cause__)
+                    logging.shutdown()
+                    os._exit(70)
+                pending.setdefault(tp, []).extend(record.offset for record in records)
                 held[0] += len(records)
                 last = records[-1]
                 done[tp] = last.offset

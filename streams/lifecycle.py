@@ -21,7 +21,7 @@ receipt later than that is taken as a new item, and a second closing of an item 
 lifecycle view takes the earliest; README, "Limits").
 
 Open items are held as columns: a dict of recent ones sealed into sorted numpy segments (hash
-of "kind:item_id", r, d, an interned (kind, province, agency, procedure), the alerted flag): 33
+of "kind:item_id", r, d, an interned (kind, province, agency, procedure), when it was alerted): 40
 bytes an item.
 """
 
@@ -62,7 +62,7 @@ class OpenItemState(NamedTuple):
     province: str
     agency: str
     procedure_code: str
-    alerted: bool
+    alerted: int  # detected_ms of its overdue alert (the watermark that passed its due time); 0: none
 
 
 class _Segment:
@@ -79,10 +79,14 @@ class _Segment:
         self.live = len(order)
 
     def find(self, queries: np.ndarray):
+        idx, equal = self.matches(queries)
+        return idx, equal & self.alive[idx]
+
+    def matches(self, queries: np.ndarray):
+        """(position, whether the hash is there) of each query, live or not."""
         idx = self.hashes.searchsorted(queries)
         np.minimum(idx, len(self.hashes) - 1, out=idx)
-        hit = (self.hashes[idx] == queries) & self.alive[idx]
-        return idx, hit
+        return idx, self.hashes[idx] == queries
 
     def columns(self):
         pos = np.flatnonzero(self.alive)
@@ -100,7 +104,7 @@ class _RecentClosings:
     keys closed that were received (a receipt paired with an earlier closing, or an item held that
     closed), so that a receipt after them is taken as a repeat."""
 
-    __slots__ = ("horizon_ms", "tenth_ms", "pending", "pending_start", "sealed", "paired", "latest")
+    __slots__ = ("horizon_ms", "tenth_ms", "pending", "pending_start", "sealed", "paired", "latest", "_prefetched")
 
     def __init__(self, horizon_ms: int):
         self.horizon_ms = max(int(horizon_ms), 1)
@@ -110,6 +114,7 @@ class _RecentClosings:
         self.sealed: list = []  # (latest record ms, sorted keys, closed ms)
         self.paired = RecentIds(self.horizon_ms)
         self.latest = 0
+        self._prefetched = None  # (the sealed list looked in, {key: ((latest, closed ms), ...)}): prefetch()
 
     def add(self, key: int, closed_ms: int, record_ms: int) -> None:
         start = record_ms - record_ms % self.tenth_ms
@@ -120,21 +125,43 @@ class _RecentClosings:
             self.latest = record_ms
         self.pending.setdefault(key, closed_ms)
 
+    def prefetch(self, keys: list) -> None:
+        """Look up the keys of a run of records in the sealed tenths at once (see lookup)."""
+        self.paired.prefetch(keys)
+        if not self.sealed or not keys:
+            self._prefetched = None
+            return
+        queries = np.fromiter(keys, dtype=np.int64, count=len(keys))
+        hits: dict = dict.fromkeys(keys, ())
+        for latest, hashes, closed in self.sealed:
+            idx = np.minimum(hashes.searchsorted(queries), len(hashes) - 1)
+            for i in np.flatnonzero(hashes[idx] == queries).tolist():
+                hits[keys[i]] += ((latest, int(closed[idx[i]])),)
+        self._prefetched = (self.sealed, hits)
+
     def lookup(self, keys: list, at_ms: int) -> list:
         """The closing time remembered for each key, or None."""
         found = [self.pending.get(key) for key in keys]
-        if self.sealed and keys:
-            queries = np.fromiter(keys, dtype=np.int64, count=len(keys))
-            oldest = at_ms - self.horizon_ms
-            for latest, hashes, closed in self.sealed:
-                if latest < oldest:
-                    continue
-                idx = np.minimum(hashes.searchsorted(queries), len(hashes) - 1)
-                hit = hashes[idx] == queries
-                if hit.any():
-                    for i in np.flatnonzero(hit).tolist():
-                        if found[i] is None:
-                            found[i] = int(closed[idx[i]])
+        if not self.sealed or not keys:
+            return found
+        oldest = at_ms - self.horizon_ms
+        prefetched = self._prefetched
+        if prefetched is not None and prefetched[0] is self.sealed and all(key in prefetched[1] for key in keys):
+            hits = prefetched[1]
+            for i, key in enumerate(keys):
+                if found[i] is None:
+                    found[i] = next((closed for latest, closed in hits[key] if latest >= oldest), None)
+            return found
+        queries = np.fromiter(keys, dtype=np.int64, count=len(keys))
+        for latest, hashes, closed in self.sealed:
+            if latest < oldest:
+                continue
+            idx = np.minimum(hashes.searchsorted(queries), len(hashes) - 1)
+            hit = hashes[idx] == queries
+            if hit.any():
+                for i in np.flatnonzero(hit).tolist():
+                    if found[i] is None:
+                        found[i] = int(closed[idx[i]])
         return found
 
     def _seal(self) -> None:
@@ -142,7 +169,7 @@ class _RecentClosings:
             keys = np.fromiter(self.pending.keys(), dtype=np.int64, count=len(self.pending))
             closed = np.fromiter(self.pending.values(), dtype=np.int64, count=len(self.pending))
             order = np.argsort(keys, kind="stable")
-            self.sealed.append((self.latest, keys[order], closed[order]))
+            self.sealed = self.sealed + [(self.latest, keys[order], closed[order])]  # a new list: see _prefetched
             self.pending = {}
         oldest = self.latest - self.horizon_ms - self.tenth_ms
         self.sealed = [entry for entry in self.sealed if entry[0] >= oldest]
@@ -152,7 +179,7 @@ class _RecentClosings:
 
 
 class Lifecycle:
-    __slots__ = ("fresh", "segments", "recent_closings", "_metas", "_meta_index")
+    __slots__ = ("fresh", "segments", "recent_closings", "_metas", "_meta_index", "_prefetched")
 
     def __init__(self, horizon_ms: int):
         self.fresh: dict = {}  # key -> OpenItemState
@@ -160,6 +187,9 @@ class Lifecycle:
         self.recent_closings = _RecentClosings(horizon_ms)
         self._metas: list = []
         self._meta_index: dict = {}
+        # (the segments list looked in, {key: ((segment, position), ...) of its hash}): prefetch();
+        # a change to the segments makes a new list, which retires it.
+        self._prefetched = None
 
     def __len__(self) -> int:
         return len(self.fresh) + sum(segment.live for segment in self.segments)
@@ -213,7 +243,7 @@ class Lifecycle:
                 segment.live -= 1
                 kind, province, agency, procedure = self._metas[segment.meta[pos]]
                 item = OpenItemState(int(segment.received[pos]), int(segment.due[pos]), kind, province, agency,
-                                     procedure, bool(segment.alerted[pos]))
+                                     procedure, int(segment.alerted[pos]))
             # Remembered either way: a receipt after it, within the horizon, pairs with it (an item
             # not held) or is a repeat (an item it closed).
             closings.add(key, closed_ms, record_ms)
@@ -233,29 +263,30 @@ class Lifecycle:
             self._seal()
         return out
 
-    def mark_alerted(self, kind: str, item_id: str) -> bool:
-        """The tracker paged for this item: its closing will resolve the alert. False when the item is
-        not held (closed already): the alert is over as it starts."""
+    def mark_alerted(self, kind: str, item_id: str, detected_ms: int) -> bool:
+        """The tracker paged for this item at `detected_ms`: its closing will resolve the alert. False
+        when the item is not held (closed already): the alert is over as it starts."""
         key = item_key(kind, item_id)
+        detected_ms = max(1, detected_ms)
         item = self.fresh.get(key)
         if item is not None:
-            self.fresh[key] = item._replace(alerted=True)
+            self.fresh[key] = item._replace(alerted=detected_ms)
             return True
         found = self._find([key])[0]
         if found is None:
             return False
         segment, pos = found
-        segment.alerted[pos] = True
+        segment.alerted[pos] = detected_ms
         return True
 
     # -- state ---------------------------------------------------------------------------
 
     def load(self, items) -> None:
         """Items still open when a partition is taken over: (kind, item_id, received_ms, due_ms,
-        province, agency, procedure_code, alerted)."""
+        province, agency, procedure_code, detected_ms of its alert or 0)."""
         for kind, item_id, received_ms, due_ms, province, agency, procedure, alerted in items:
             self.fresh[item_key(kind, item_id)] = OpenItemState(int(received_ms), int(due_ms), kind, province, agency,
-                                                                procedure, bool(alerted))
+                                                                procedure, int(alerted))
             if len(self.fresh) >= SEAL_AT:
                 self._seal()
 
@@ -268,12 +299,38 @@ class Lifecycle:
             if received:
                 self.recent_closings.paired.admit_keys([key], int(record_ms))
 
+    def prefetch(self, keys: list) -> None:
+        """Look up the keys (item_key) of a run of records in the segments and the recent closings at
+        once: applying its records one by one then costs dict accesses instead of numpy calls each."""
+        self.recent_closings.prefetch(keys)
+        if not self.segments or not keys:
+            self._prefetched = None
+            return
+        queries = np.fromiter(keys, dtype=np.int64, count=len(keys))
+        places: dict = dict.fromkeys(keys, ())
+        for segment in self.segments:
+            idx, equal = segment.matches(queries)
+            for i in np.flatnonzero(equal).tolist():
+                places[keys[i]] += ((segment, int(idx[i])),)
+        self._prefetched = (self.segments, places)
+
     def _find(self, keys: list) -> list:
         """For each key, (segment, position) of its live item in a segment, or None: one vectorised
-        look-up a segment for a whole record."""
+        look-up a segment for a whole record (or a dict access, prefetched for a run)."""
         found = [None] * len(keys)
         if not self.segments or not keys:
             return found
+        prefetched = self._prefetched
+        if prefetched is not None and prefetched[0] is self.segments:
+            places = prefetched[1]
+            try:
+                for i, key in enumerate(keys):
+                    for segment, pos in places[key]:  # the last segment holding it live, as below
+                        if segment.alive[pos]:
+                            found[i] = (segment, pos)
+                return found
+            except KeyError:  # not prefetched
+                found = [None] * len(keys)
         queries = np.fromiter(keys, dtype=np.int64, count=len(keys))
         for segment in self.segments:
             idx, hit = segment.find(queries)
@@ -295,13 +352,13 @@ class Lifecycle:
         self.fresh = {}
         n = len(items)
         values = list(items.values())
-        self.segments.append(_Segment(
+        self.segments = self.segments + [_Segment(  # a new list: see _prefetched
             np.fromiter(items.keys(), dtype=np.int64, count=n),
             np.fromiter((item.received_ms for item in values), dtype=np.int64, count=n),
             np.fromiter((item.due_ms for item in values), dtype=np.int64, count=n),
             np.fromiter((self._meta(item) for item in values), dtype=np.int32, count=n),
-            np.fromiter((item.alerted for item in values), dtype=bool, count=n),
-        ))
+            np.fromiter((item.alerted for item in values), dtype=np.int64, count=n),
+        )]
         self._tidy()
 
     def _tidy(self) -> None:
@@ -311,7 +368,8 @@ class Lifecycle:
         while len(segments) >= 2 and 2 * segments[-1].live >= segments[-2].live:
             newer, older = segments.pop(), segments.pop()
             segments.append(_Segment(*(np.concatenate(pair) for pair in zip(older.columns(), newer.columns()))))
-        self.segments = segments
+        if segments != self.segments:  # unchanged, the same list: what prefetch() found stays valid
+            self.segments = segments
 
 
 # -- a database from before the lifecycle counts -----------------------------------------------

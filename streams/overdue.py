@@ -85,18 +85,19 @@ class _Segment:
     def next_due(self) -> int:
         return int(self.due[self.cursor]) if self.cursor < len(self.due) else NEVER
 
-    def find(self, queries: np.ndarray):
-        """(indexes into `queries`, positions) of the live items with these hashes, or None when there are none.
-
-        Most queries miss most segments, so a miss costs as few numpy calls as it can."""
+    def matches(self, queries: np.ndarray) -> tuple:
+        """(indexes into `queries`, positions) of the items with these hashes, live or not."""
         hashes = self.hashes
         idx = hashes.searchsorted(queries)
         np.minimum(idx, len(hashes) - 1, out=idx)
-        hit = hashes[idx] == queries
-        if not hit.any():
+        hit = np.flatnonzero(hashes[idx] == queries)
+        return hit, self.by_hash[idx[hit]]
+
+    def find(self, queries: np.ndarray):
+        """matches() of the live items, or None when there are none."""
+        hit, pos = self.matches(queries)
+        if not len(hit):
             return None
-        hit = np.flatnonzero(hit)
-        pos = self.by_hash[idx[hit]]
         live = self.alive[pos]
         return hit[live], pos[live]
 
@@ -132,7 +133,7 @@ class _Segment:
 class OverdueTracker:
     __slots__ = ("watermark", "loaded_to", "fresh", "fresh_heap", "segments", "next_due", "unloaded",
                  "closed_since_snapshot", "closed", "alerted", "horizon_ms", "_metas", "_meta_index",
-                 "_opening", "_closing", "_closed_keys")
+                 "_opening", "_closing", "_closed_keys", "_prefetched")
 
     def __init__(self, horizon_ms: int):
         self.watermark = -1
@@ -152,6 +153,9 @@ class OverdueTracker:
         self._opening: dict = {}  # key -> OpenItem
         self._closing: list = []  # (key, occurred_ms, due_ms) to look up in the segments
         self._closed_keys: list = []  # keys closed by the record
+        # (the segments list looked in, {key: ((segment, position), ...) of its hash}): prefetch();
+        # a change to the segments makes a new list, which retires it.
+        self._prefetched = None
 
     def __len__(self) -> int:
         return len(self.fresh) + sum(segment.live for segment in self.segments)
@@ -243,11 +247,36 @@ class OverdueTracker:
         keys = [k for k, c in zip(keys, closed) if not c]
         return keys, [candidates[key] for key in keys]
 
+    def prefetch(self, keys: list) -> None:
+        """Look up the keys (item_key) of a run of records in the segments and in `closed` at once:
+        settling its records one by one then costs dict accesses instead of numpy calls each."""
+        self.closed.prefetch(keys)
+        if not self.segments or not keys:
+            self._prefetched = None
+            return
+        queries = np.fromiter(keys, dtype=np.int64, count=len(keys))
+        places: dict = dict.fromkeys(keys, ())
+        for segment in self.segments:
+            for i, pos in zip(*(a.tolist() for a in segment.matches(queries))):
+                places[keys[i]] += ((segment, pos),)
+        self._prefetched = (self.segments, places)
+
     def _find(self, keys: list) -> list:
         """For each key, (segment, position) of its live item in a segment, or None."""
         found = [None] * len(keys)
         if not self.segments or not keys:
             return found
+        prefetched = self._prefetched
+        if prefetched is not None and prefetched[0] is self.segments:
+            places = prefetched[1]
+            try:
+                for i, key in enumerate(keys):
+                    for segment, pos in places[key]:  # the last segment holding it live, as below
+                        if segment.alive[pos]:
+                            found[i] = (segment, pos)
+                return found
+            except KeyError:  # not prefetched
+                found = [None] * len(keys)
         queries = np.fromiter(keys, dtype=np.int64, count=len(keys))
         for segment in self.segments:
             hits = segment.find(queries)
@@ -331,12 +360,12 @@ class OverdueTracker:
     def _add_segment(self, keys: list, items: list) -> None:
         if items:
             n = len(items)
-            self.segments.append(_Segment(
+            self.segments = self.segments + [_Segment(  # a new list: see _prefetched
                 np.fromiter((item.due_ms for item in items), dtype=np.int64, count=n),
                 np.fromiter(keys, dtype=np.int64, count=n),
                 np.fromiter((self._meta(item) for item in items), dtype=np.int32, count=n),
                 [item.item_id.encode() for item in items],
-            ))
+            )]
         self._tidy_segments()
 
     def _tidy_segments(self) -> None:
@@ -347,6 +376,7 @@ class OverdueTracker:
             newer, older = segments.pop(), segments.pop()
             old, new = older.live_columns(), newer.live_columns()
             segments.append(_Segment(*(np.concatenate((a, b)) for a, b in zip(old[:3], new[:3])), old[3] + new[3]))
-        self.segments = segments
+        if segments != self.segments:  # unchanged, the same list: what prefetch() found stays valid
+            self.segments = segments
         heap_due = self.fresh_heap[0][0] if self.fresh_heap else NEVER
         self.next_due = min([heap_due] + [segment.next_due for segment in segments])

@@ -54,7 +54,7 @@ from sinks.clickhouse_sink import (
 
 from .dedup import RecentIds
 from .lifecycle import NO_MARKS, Lifecycle
-from .overdue import ALERT_TYPES, OpenItem, OverdueTracker, open_item
+from .overdue import ALERT_TYPES, OpenItem, OverdueTracker, item_key, open_item
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,6 @@ PUBLISHED, ALERT_ID, STATUS, SOURCE_OFFSET = (
 N_SERVICE = len(SERVICE_COUNTERS)
 N_SECURITY = len(SECURITY_COUNTERS)
 EVICT_EVERY_S = 60.0
-_ALREADY_APPLIED = ()  # a row whose stored version covers the record: its events are skipped
 _LIFECYCLE_EVENTS = frozenset({DossierReceived, DossierCompleted, DossierCancelled, FeedbackReceived, FeedbackResolved})
 PURGE_EVERY_S = 3600.0  # open items closed long enough ago leave ClickHouse's open_items this often
 
@@ -130,19 +129,36 @@ class ProcessorFailure(RuntimeError):
 
 
 class _Plan(NamedTuple):
-    """What applying one record will change, gathered before anything is changed."""
+    """What applying a run of records will change, gathered before anything is changed."""
 
-    touched: dict  # row key -> _ALREADY_APPLIED, or [row or None (new), counters to add, agency unknown]
+    touched: dict  # row key -> [row or None (new), counters to add, agency unknown, stored version]
     width: int
     raw: list  # raw event rows
     raw_table: list  # the batch list they go to
-    items: tuple | list  # for the overdue tracker: OpenItem receipts, (kind, item, occurred, due) closings
+    items: tuple | list  # per record, for the overdue tracker: OpenItem receipts, (kind, item, occurred, due) closings
     hashes: list
     fresh: list
+    times: list  # record time of each event, for the memory of ids
     accepted: dict
     duplicates: int
     unknown_agency: dict
-    lifecycle_events: tuple | list  # (raw row index or None, event) for streams.lifecycle
+    lifecycle_events: tuple | list  # per record, (raw row index or None, event) for streams.lifecycle
+
+
+class Record(NamedTuple):
+    offset: int
+    timestamp: int  # record time, epoch ms
+    value: bytes | None
+
+
+class Interrupted(StoreError):
+    """ClickHouse could not be read to take a partition over: `applied` records were applied, with
+    these dead letters; the rest are to be given again."""
+
+    def __init__(self, applied: int, letters: list):
+        super().__init__(f"interrupted after {applied} records")
+        self.applied = applied
+        self.letters = letters
 
 
 class Snapshot(NamedTuple):
@@ -303,77 +319,381 @@ class Processor:
     # -- records -------------------------------------------------------------------------
 
     def process(self, topic: str, partition: int, offset: int, record_ms: int, value: bytes | None) -> list:
-        """Apply one record; returns dead letters as (key, value) pairs to publish.
+        """Apply one record; returns dead letters as (key, value) pairs to publish (see process_records)."""
+        return self.process_records(topic, partition, [Record(offset, record_ms, value)])
+
+    def process_records(self, topic: str, partition: int, records) -> list:
+        """Apply records of one partition (objects with `offset`, `timestamp` and `value`) in offset
+        order, exactly as one at a time; returns dead letters as (key, value) pairs to publish.
 
         A record is applied whole or not at all: its effects are gathered first and applied at
         the end, so that a defect raising anything on the way rejects that record alone (as an
-        internal error) and leaves the partition's state as it was."""
-        state = self.partitions.get((topic, partition))
-        if state is None or offset < state.next_offset or state.rebuild:
-            state = self._take_over(topic, partition, offset, record_ms)
-        state.next_offset = offset + 1
-        _child(RECORDS, topic).inc()
-        already_stored = offset <= state.stored_through
-        if already_stored:
-            REPLAYED.inc()
+        internal error) and leaves the partition's state as it was.
+
+        Records come in runs (see _run_end) applied together: their events planned in one pass,
+        their look-ups in the partition's memory made at once, and then, record by record, what
+        depends on order (open items, overdue alerts). Should anything raise inside a run of
+        several, nothing of it is kept and its records are applied again one at a time.
+
+        A take-over that cannot read ClickHouse raises Interrupted, saying how many were applied."""
+        letters: list = []
+        position, count = 0, len(records)
+        one_at_a_time_until = 0
+        while position < count:
+            first = records[position]
+            state = self.partitions.get((topic, partition))
+            if state is None or first.offset < state.next_offset or state.rebuild:
+                try:
+                    state = self._take_over(topic, partition, first.offset, first.timestamp)
+                except StoreError as exc:
+                    raise Interrupted(position, letters) from exc
+            end = position + 1 if position < one_at_a_time_until else self._run_end(state, records, position)
+            found = self._apply_run(state, records[position:end] if end - position > 1 else [first])
+            if found is None:  # a run of several met a defect: again, one at a time
+                one_at_a_time_until = end
+                continue
+            letters += found
+            position = end
+        return letters
+
+    @staticmethod
+    def _run_end(state, records, start: int) -> int:
+        """The end of the run from `start`: records in offset order whose times share one tenth of the
+        de-duplication horizon. Within a tenth the partition's memories of ids and closings neither
+        seal nor forget anything, so records checked together decide exactly as one by one."""
+        tenth_ms = state.recent.bucket_ms
+        previous = records[start].offset - 1
+        tenth = None
+        for end in range(start, len(records)):
+            record = records[end]
+            if record.offset <= previous:  # a rewind: taken over first
+                return end
+            previous = record.offset
+            record_ms = record.timestamp
+            if MIN_MS <= record_ms <= MAX_MS:
+                if tenth is None:
+                    tenth = record_ms // tenth_ms
+                elif record_ms // tenth_ms != tenth:
+                    return end
+        return len(records)
+
+    def _apply_run(self, state, run: list) -> list | None:
+        """Apply a run of records; returns their dead letters, or None when a run of several met a
+        defect (nothing of it applied; the caller applies its records one at a time)."""
         now_ms = int(self.clock() * 1000)
-        state.last_record_wall_ms = now_ms
-        if MIN_MS <= record_ms <= MAX_MS and record_ms > state.last_record_ms:
-            state.last_record_ms = record_ms
         alerts_before = len(self.batch.alerts)
+        service = state.table is SERVICE_MINUTE
         try:
-            rejections, timed = self._apply(state, offset, record_ms, value, now_ms, already_stored)
+            decoded = [self._decode(record, now_ms) for record in run]
+            plan = (self._plan_service if service else self._plan_security)(state, run, decoded)
+            marks = self._track(state, run, decoded, plan) if service else None
         except ProcessorFailure:
             raise
-        except Exception as exc:  # a defect met on this record; bad input never gets here
+        except Exception as exc:  # a defect; bad input never gets here
             del self.batch.alerts[alerts_before:]
-            rejections, timed = [self._internal_error(state, offset, value, exc)], False
-        if timed and not already_stored:
-            self.pending_record_ms.append(record_ms)
-        if not rejections or already_stored:
-            return []
-        return self._reject(state, offset, record_ms, rejections)
-
-    def _apply(self, state, offset, record_ms, value, now_ms, already_stored) -> tuple[list, bool]:
-        """(rejections, whether the record's time is usable), having applied its valid events.
-
-        Three steps: decoding and planning change nothing; the overdue tracker takes the record's
-        items (should it fail, the partition is rebuilt before its next record, and nothing else
-        has changed); then the plan is committed, plain code that is not expected to fail (if it
-        does, the worker stops: a restart redelivers the records since the last commit)."""
-        if not MIN_MS <= record_ms <= MAX_MS:
-            return [Rejection(None, f"record timestamp {record_ms} ms is outside {YEARS} "
-                              "(the producer sets it: CreateTime)", value or b"")], False
-        if record_ms > now_ms + self.validator.max_future_ms:
-            return [Rejection(None, f"record timestamp {_rfc3339(record_ms)} is more than "
-                              f"{self.validator.max_future_ms // 60000} minutes in the future "
-                              "(check the producer's clock)", value or b"")], False
-        decoded = self.validator.decode(value, now_ms)
-        rejections = list(decoded.rejections)
-        service = state.table is SERVICE_MINUTE
-        plan = (self._plan_service if service else self._plan_security)(state, offset, record_ms, decoded, rejections)
-        marks = None
-        if service:
+            if len(run) > 1:
+                return None
+            decoded = [(None, [self._internal_error(state, run[0].offset, run[0].value, exc)])]
+            plan = marks = None
+        if plan is not None:
             try:
-                marks = self._lifecycle(state, plan, record_ms, offset)
-                tracker = state.tracker
-                for item in plan.items:
+                self._commit_plan(state, plan, marks)
+            except Exception as exc:
+                raise ProcessorFailure(f"{state.topic}[{state.partition}] offsets {run[0].offset}-{run[-1].offset}: "
+                                       f"could not apply planned records ({type(exc).__name__}); stopping so that "
+                                       "they are redelivered") from exc
+        return self._account(state, run, decoded, now_ms)
+
+    def _decode(self, record, now_ms: int) -> tuple:
+        """(Decoded, or None when the record time itself is rejected; rejections of the record)."""
+        record_ms, value = record.timestamp, record.value
+        if not MIN_MS <= record_ms <= MAX_MS:
+            return None, [Rejection(None, f"record timestamp {record_ms} ms is outside {YEARS} "
+                                   "(the producer sets it: CreateTime)", value or b"")]
+        if record_ms > now_ms + self.validator.max_future_ms:
+            return None, [Rejection(None, f"record timestamp {_rfc3339(record_ms)} is more than "
+                                   f"{self.validator.max_future_ms // 60000} minutes in the future "
+                                   "(check the producer's clock)", value or b"")]
+        decoded = self.validator.decode(value, now_ms)
+        return decoded, list(decoded.rejections)
+
+    def _account(self, state, run: list, decoded: list, now_ms: int) -> list:
+        """The records' place in the partition, their metrics, and their dead letters."""
+        letters = []
+        stored_through = state.stored_through
+        last_record_ms = state.last_record_ms
+        replayed = 0
+        for record, (events, rejections) in zip(run, decoded):
+            record_ms = record.timestamp
+            already_stored = record.offset <= stored_through
+            if already_stored:
+                replayed += 1
+            elif events is not None:
+                self.pending_record_ms.append(record_ms)
+            if MIN_MS <= record_ms <= MAX_MS and record_ms > last_record_ms:
+                last_record_ms = record_ms
+            if rejections and not already_stored:
+                letters += self._reject(state, record.offset, record_ms, rejections)
+        state.last_record_ms = last_record_ms
+        state.next_offset = run[-1].offset + 1
+        state.last_record_wall_ms = now_ms
+        _child(RECORDS, state.topic).inc(len(run))
+        if replayed:
+            REPLAYED.inc(replayed)
+        return letters
+
+    def _misrouted(self, event, index, rejections, expected_kind) -> None:
+        actual = "security" if expected_kind == "service" else "service"
+        reason = f"event type {event.__struct_config__.tag!r} belongs on topic {getattr(self.settings, actual + '_topic')}"
+        rejections.append(Rejection(index, reason, msgspec.json.encode(event)))
+
+    def _plan_service(self, state, run: list, decoded: list) -> "_Plan":
+        rows, recent = state.rows, state.recent
+        topic_id, partition = state.topic_id, state.partition
+        stored_through = state.stored_through
+        # row key -> [row or None (new), counters to add, agency not in the catalogue, stored version]
+        touched: dict = {}
+        raw = []
+        # Per record: receipts (OpenItem) and closings (kind, item id, occurred, due) for the tracker,
+        # and (index of the raw row or None, event) for the lifecycle: events of rows already applied
+        # too, whose effect on the rows is stored but whose items must still be opened or closed in memory.
+        items_of, lifecycle_of = [], []
+        accepted = {}
+        duplicates = 0
+        unknown_agency: dict = {}
+        knows_agency = self.knows_agency
+        ids, times = [], []
+        for record, (events, _) in zip(run, decoded):
+            if events is not None:
+                record_ms = record.timestamp
+                for event in events.events:
+                    ids.append(None if type(event) is SecurityAlert else event.event_id)
+                    times.append(record_ms)
+        fresh, hashes = recent.check(ids, times)
+        position = 0
+        for record, (events, rejections) in zip(run, decoded):
+            items, lifecycle_events = [], []
+            items_of.append(items)
+            lifecycle_of.append(lifecycle_events)
+            if events is None:
+                continue
+            offset, record_ms = record.offset, record.timestamp
+            counted_duplicates = offset > stored_through
+            for event, index, occurred_ms in zip(events.events, events.indexes, events.occurred_ms):
+                is_new = fresh[position]
+                position += 1
+                cls = type(event)
+                if cls is SecurityAlert:
+                    self._misrouted(event, index, rejections, "service")
+                    continue
+                if not is_new:
+                    if counted_duplicates:
+                        duplicates += 1
+                    continue
+                window = occurred_ms // 60000 * 60
+                key = (window, event.province, event.agency)
+                entry = touched.get(key)
+                if entry is None:
+                    row = rows.get(key)
+                    if row is None:
+                        entry = touched[key] = [None, [0] * N_SERVICE, not knows_agency(event.province, event.agency), -1]
+                    else:
+                        entry = touched[key] = [row, [0] * N_SERVICE, row.unknown_agency, row.version]
+                if offset <= entry[3]:  # the row's stored version covers this record
+                    if cls in _LIFECYCLE_EVENTS:
+                        lifecycle_events.append((None, _lifecycle_event(event, occurred_ms)))
+                    continue
+                c = entry[1]
+                c[0] += 1
+                if entry[2]:
+                    unknown_agency[event.province] = unknown_agency.get(event.province, 0) + 1
+                due_ms = on_time = amount = 0
+                item_id = procedure = service_level = channel = result = method = direction = applicant = ""
+                digitized = satisfied = None
+                if cls is DossierReceived:
+                    c[RECEIVED] += 1
+                    service_level = event.service_level
+                    if service_level == "full_online":
+                        c[RECEIVED_FULL_ONLINE] += 1
+                    elif service_level == "partial_online":
+                        c[RECEIVED_PARTIAL_ONLINE] += 1
+                    item_id, procedure, channel = event.dossier_id, event.procedure_code, event.channel
+                    due_ms = to_millis(event.due_at)
+                    if event.applicant_id is not None:
+                        applicant = self.pseudonymise(event.applicant_id)
+                    items.append(open_item((due_ms, "dossier", item_id, event.province, event.agency, procedure)))
+                    lifecycle_events.append((len(raw), ("dossier", item_id, occurred_ms, due_ms, event.province,
+                                                        event.agency, procedure)))
+                elif cls is DossierCompleted:
+                    c[COMPLETED] += 1
+                    due_ms = to_millis(event.due_at)
+                    if occurred_ms <= due_ms:
+                        on_time = 1
+                        c[COMPLETED_ON_TIME] += 1
+                    item_id, procedure, result = event.dossier_id, event.procedure_code, event.result
+                    digitized = None if event.digitized is None else int(event.digitized)
+                    items.append(("dossier", item_id, occurred_ms, due_ms))
+                    lifecycle_events.append((len(raw), ("dossier", item_id, occurred_ms)))
+                elif cls is PaymentCompleted:
+                    c[PAYMENTS] += 1
+                    amount = event.amount_vnd
+                    c[PAYMENTS_VND] += amount
+                    method = event.method
+                    if method == "online":
+                        c[PAYMENTS_ONLINE] += 1
+                        c[PAYMENTS_ONLINE_VND] += amount
+                    item_id = event.dossier_id
+                elif cls is DossierCancelled:
+                    c[CANCELLED] += 1
+                    item_id, procedure = event.dossier_id, event.procedure_code
+                    items.append(("dossier", item_id, occurred_ms, None))
+                    lifecycle_events.append((len(raw), ("dossier", item_id, occurred_ms)))
+                elif cls is FeedbackReceived:
+                    c[FEEDBACK_RECEIVED] += 1
+                    item_id, channel = event.feedback_id, event.channel
+                    due_ms = to_millis(event.due_at)
+                    items.append(open_item((due_ms, "feedback", item_id, event.province, event.agency, "")))
+                    lifecycle_events.append((len(raw), ("feedback", item_id, occurred_ms, due_ms, event.province,
+                                                        event.agency, "")))
+                elif cls is FeedbackResolved:
+                    c[FEEDBACK_RESOLVED] += 1
+                    due_ms = to_millis(event.due_at)
+                    if occurred_ms <= due_ms:
+                        on_time = 1
+                        c[FEEDBACK_RESOLVED_ON_TIME] += 1
+                    if event.satisfied:
+                        c[FEEDBACK_SATISFIED] += 1
+                    satisfied = None if event.satisfied is None else int(event.satisfied)
+                    item_id = event.feedback_id
+                    items.append(("feedback", item_id, occurred_ms, due_ms))
+                    lifecycle_events.append((len(raw), ("feedback", item_id, occurred_ms)))
+                else:  # DocumentExchanged
+                    direction = event.direction
+                    c[DOCUMENTS_SENT if direction == "sent" else DOCUMENTS_RECEIVED] += 1
+                    item_id = event.document_id
+                accepted[cls] = accepted.get(cls, 0) + 1
+                raw.append((
+                    event.event_id, cls.__struct_config__.tag, occurred_ms, event.province,
+                    event.agency, event.source, item_id, procedure, service_level, channel, due_ms, on_time, result,
+                    digitized, amount, method, satisfied, direction, applicant, topic_id, partition, offset,
+                    -1 if index is None else index, record_ms,
+                ))
+        return _Plan(touched, N_SERVICE, raw, self.batch.service_raw, items_of, hashes, fresh, times, accepted,
+                     duplicates, unknown_agency, lifecycle_of)
+
+    def _plan_security(self, state, run: list, decoded: list) -> "_Plan":
+        rows, recent = state.rows, state.recent
+        topic_id, partition = state.topic_id, state.partition
+        stored_through = state.stored_through
+        touched: dict = {}
+        raw = []
+        accepted = 0
+        duplicates = 0
+        ids, times = [], []
+        for record, (events, _) in zip(run, decoded):
+            if events is not None:
+                record_ms = record.timestamp
+                for event in events.events:
+                    ids.append(event.event_id if type(event) is SecurityAlert else None)
+                    times.append(record_ms)
+        fresh, hashes = recent.check(ids, times)
+        position = 0
+        for record, (events, rejections) in zip(run, decoded):
+            if events is None:
+                continue
+            offset, record_ms = record.offset, record.timestamp
+            counted_duplicates = offset > stored_through
+            for event, index, occurred_ms in zip(events.events, events.indexes, events.occurred_ms):
+                is_new = fresh[position]
+                position += 1
+                if type(event) is not SecurityAlert:
+                    self._misrouted(event, index, rejections, "security")
+                    continue
+                if not is_new:
+                    if counted_duplicates:
+                        duplicates += 1
+                    continue
+                window = occurred_ms // 60000 * 60
+                technique = event.technique or ""
+                key = (window, event.province, event.category, event.severity, event.action, event.sensor, technique)
+                entry = touched.get(key)
+                if entry is None:
+                    row = rows.get(key)
+                    entry = touched[key] = [row, [0] * N_SECURITY, False, -1 if row is None else row.version]
+                if offset <= entry[3]:
+                    continue
+                c = entry[1]
+                c[0] += 1
+                c[1] += event.count
+                accepted += 1
+                raw.append((
+                    event.event_id, occurred_ms, event.province, event.agency, event.source,
+                    event.category, event.severity, event.action, event.sensor, event.dst_asset,
+                    event.src_ip or "", event.rule_id or "", technique, event.count,
+                    topic_id, partition, offset, -1 if index is None else index, record_ms,
+                ))
+        return _Plan(touched, N_SECURITY, raw, self.batch.security_raw, (), hashes, fresh, times,
+                     {SecurityAlert: accepted} if accepted else {}, duplicates, {}, ())
+
+    def _track(self, state, run: list, decoded: list, plan: "_Plan") -> list:
+        """Record by record, in order: the receipts and closings through the partition's open items
+        (the marks of each raw row, MARK_COLUMNS), then the overdue tracker and its alerts. Should it
+        raise, the partition is rebuilt from what ClickHouse stores before its next record."""
+        lifecycle, tracker = state.lifecycle, state.tracker
+        marks_rows = [NO_MARKS_ROW] * len(plan.raw)
+        try:
+            if len(run) > 1:
+                keys = [item_key(event[0], event[1]) for events in plan.lifecycle_events for _, event in events]
+                lifecycle.prefetch(keys)
+                tracker.prefetch(keys)
+            for record, (events, _), items, lifecycle_events in zip(run, decoded, plan.items, plan.lifecycle_events):
+                if events is None:
+                    continue
+                offset, record_ms = record.offset, record.timestamp
+                if lifecycle_events:
+                    results = lifecycle.apply([event for _, event in lifecycle_events], record_ms)
+                    for (raw_index, event), (marks, item) in zip(lifecycle_events, results):
+                        if item is not None and item.alerted:
+                            self._resolve(state, event[0], event[1], item, event[2], offset)
+                        if raw_index is None or marks is NO_MARKS:
+                            continue
+                        # A closing counts under its item's province, agency and procedure (the receipt's).
+                        meta = ("", "", "") if item is None else (item.province, item.agency, item.procedure_code)
+                        marks_rows[raw_index] = (*marks, *meta)
+                for item in items:
                     if type(item) is OpenItem:
                         tracker.opened(item)
                     else:
                         tracker.closed_item(*item)
                 tracker.settle(record_ms)
-                if decoded.occurred_ms:
-                    self._overdue(state, min(max(decoded.occurred_ms), record_ms), offset)
-            except Exception:
-                state.rebuild = True
-                raise
-        try:
-            self._commit_plan(state, plan, record_ms, already_stored, marks)
-        except Exception as exc:
-            raise ProcessorFailure(f"{state.topic}[{state.partition}] offset {offset}: could not apply a "
-                                   f"planned record ({type(exc).__name__}); stopping so that it is redelivered") from exc
-        return rejections, True
+                if events.occurred_ms:
+                    self._overdue(state, min(max(events.occurred_ms), record_ms), offset)
+        except Exception:
+            state.rebuild = True
+            raise
+        return marks_rows
+
+    def _commit_plan(self, state, plan: "_Plan", marks) -> None:
+        """The plain end of applying records: rows, raw events, the ids accepted, metrics."""
+        dirty = state.dirty
+        for key, (row, counts, unknown, _) in plan.touched.items():
+            if not counts[0]:  # every event for it was already applied
+                continue
+            if row is None:
+                row = state.new_row(key, plan.width)
+                row.unknown_agency = unknown
+            row.counters = list(map(add, row.counters, counts))
+            dirty.add(key)
+        plan.raw_table.extend(plan.raw)
+        if marks is not None:
+            self.batch.service_marks.extend(marks)
+        state.recent.remember(plan.hashes, plan.fresh, plan.times)
+        for cls, count in plan.accepted.items():
+            _child(EVENTS_VALID, cls.__struct_config__.tag).inc(count)
+        if plan.duplicates:
+            DUPLICATES.inc(plan.duplicates)
+        for province, count in plan.unknown_agency.items():
+            _child(UNKNOWN_AGENCY, province).inc(count)
 
     def _internal_error(self, state, offset, value, exc) -> Rejection:
         """The record is rejected whole; the stack is logged once, without identifiers."""
@@ -385,205 +705,6 @@ class Processor:
         log.error("%s[%d] offset %d rejected, %s\n%s", state.topic, state.partition, offset, reason,
                   "".join(traceback.format_tb(exc.__traceback__)).rstrip())
         return Rejection(None, reason, value or b"")
-
-    def _misrouted(self, event, index, rejections, expected_kind) -> None:
-        right = self.settings.security_topic if expected_kind == "service" else self.settings.service_topic
-        rejections.append(
-            (index, f"field 'event_type': {event.event_type} belongs on topic {right}", msgspec.json.encode(event))
-        )
-
-    def _plan_service(self, state, offset, record_ms, decoded, rejections) -> "_Plan":
-        rows, recent = state.rows, state.recent
-        topic_id, partition = state.topic_id, state.partition
-        touched: dict = {}  # key -> [row or None (new), counters to add, agency not in the catalogue]
-        raw = []
-        items = []  # receipts (OpenItem) and closings (kind, item id, occurred, due) for the tracker
-        # (index of the raw row or None, event) for the lifecycle: events of rows already applied too,
-        # whose effect on the rows is stored but whose items must still be opened or closed in memory.
-        lifecycle_events = []
-        accepted = {}
-        duplicates = 0
-        unknown_agency: dict = {}
-        knows_agency = self.knows_agency
-        events = decoded.events
-        fresh, hashes = recent.check([None if type(e) is SecurityAlert else e.event_id for e in events], record_ms)
-        for event, index, occurred_ms, is_new in zip(events, decoded.indexes, decoded.occurred_ms, fresh):
-            cls = type(event)
-            if cls is SecurityAlert:
-                self._misrouted(event, index, rejections, "service")
-                continue
-            if not is_new:
-                duplicates += 1
-                continue
-            window = occurred_ms // 60000 * 60
-            key = (window, event.province, event.agency)
-            entry = touched.get(key)
-            if entry is None:
-                row = rows.get(key)
-                if row is not None and offset <= row.version:
-                    entry = touched[key] = _ALREADY_APPLIED
-                else:
-                    unknown = row.unknown_agency if row is not None else not knows_agency(event.province, event.agency)
-                    entry = touched[key] = [row, [0] * N_SERVICE, unknown]
-            if entry is _ALREADY_APPLIED:
-                if cls in _LIFECYCLE_EVENTS:
-                    lifecycle_events.append((None, _lifecycle_event(event, occurred_ms)))
-                continue
-            c = entry[1]
-            c[0] += 1
-            if entry[2]:
-                unknown_agency[event.province] = unknown_agency.get(event.province, 0) + 1
-            due_ms = on_time = amount = 0
-            item_id = procedure = service_level = channel = result = method = direction = applicant = ""
-            digitized = satisfied = None
-            if cls is DossierReceived:
-                c[RECEIVED] += 1
-                service_level = event.service_level
-                if service_level == "full_online":
-                    c[RECEIVED_FULL_ONLINE] += 1
-                elif service_level == "partial_online":
-                    c[RECEIVED_PARTIAL_ONLINE] += 1
-                item_id, procedure, channel = event.dossier_id, event.procedure_code, event.channel
-                due_ms = to_millis(event.due_at)
-                if event.applicant_id is not None:
-                    applicant = self.pseudonymise(event.applicant_id)
-                items.append(open_item((due_ms, "dossier", item_id, event.province, event.agency, procedure)))
-                lifecycle_events.append((len(raw), ("dossier", item_id, occurred_ms, due_ms, event.province, event.agency,
-                                                    procedure)))
-            elif cls is DossierCompleted:
-                c[COMPLETED] += 1
-                due_ms = to_millis(event.due_at)
-                if occurred_ms <= due_ms:
-                    on_time = 1
-                    c[COMPLETED_ON_TIME] += 1
-                item_id, procedure, result = event.dossier_id, event.procedure_code, event.result
-                digitized = None if event.digitized is None else int(event.digitized)
-                items.append(("dossier", item_id, occurred_ms, due_ms))
-                lifecycle_events.append((len(raw), ("dossier", item_id, occurred_ms)))
-            elif cls is PaymentCompleted:
-                c[PAYMENTS] += 1
-                amount = event.amount_vnd
-                c[PAYMENTS_VND] += amount
-                method = event.method
-                if method == "online":
-                    c[PAYMENTS_ONLINE] += 1
-                    c[PAYMENTS_ONLINE_VND] += amount
-                item_id = event.dossier_id
-            elif cls is DossierCancelled:
-                c[CANCELLED] += 1
-                item_id, procedure = event.dossier_id, event.procedure_code
-                items.append(("dossier", item_id, occurred_ms, None))
-                lifecycle_events.append((len(raw), ("dossier", item_id, occurred_ms)))
-            elif cls is FeedbackReceived:
-                c[FEEDBACK_RECEIVED] += 1
-                item_id, channel = event.feedback_id, event.channel
-                due_ms = to_millis(event.due_at)
-                items.append(open_item((due_ms, "feedback", item_id, event.province, event.agency, "")))
-                lifecycle_events.append((len(raw), ("feedback", item_id, occurred_ms, due_ms, event.province, event.agency,
-                                                    "")))
-            elif cls is FeedbackResolved:
-                c[FEEDBACK_RESOLVED] += 1
-                due_ms = to_millis(event.due_at)
-                if occurred_ms <= due_ms:
-                    on_time = 1
-                    c[FEEDBACK_RESOLVED_ON_TIME] += 1
-                if event.satisfied:
-                    c[FEEDBACK_SATISFIED] += 1
-                satisfied = None if event.satisfied is None else int(event.satisfied)
-                item_id = event.feedback_id
-                items.append(("feedback", item_id, occurred_ms, due_ms))
-                lifecycle_events.append((len(raw), ("feedback", item_id, occurred_ms)))
-            else:  # DocumentExchanged
-                direction = event.direction
-                c[DOCUMENTS_SENT if direction == "sent" else DOCUMENTS_RECEIVED] += 1
-                item_id = event.document_id
-            accepted[cls] = accepted.get(cls, 0) + 1
-            raw.append((
-                event.event_id, cls.__struct_config__.tag, occurred_ms, event.province,
-                event.agency, event.source, item_id, procedure, service_level, channel, due_ms, on_time, result, digitized, amount, method,
-                satisfied, direction, applicant, topic_id, partition, offset,
-                -1 if index is None else index, record_ms,
-            ))
-        return _Plan(touched, N_SERVICE, raw, self.batch.service_raw, items, hashes, fresh, accepted, duplicates,
-                     unknown_agency, lifecycle_events)
-
-    def _plan_security(self, state, offset, record_ms, decoded, rejections) -> "_Plan":
-        rows, recent = state.rows, state.recent
-        topic_id, partition = state.topic_id, state.partition
-        touched: dict = {}
-        raw = []
-        accepted = 0
-        duplicates = 0
-        events = decoded.events
-        fresh, hashes = recent.check([e.event_id if type(e) is SecurityAlert else None for e in events], record_ms)
-        for event, index, occurred_ms, is_new in zip(events, decoded.indexes, decoded.occurred_ms, fresh):
-            if type(event) is not SecurityAlert:
-                self._misrouted(event, index, rejections, "security")
-                continue
-            if not is_new:
-                duplicates += 1
-                continue
-            window = occurred_ms // 60000 * 60
-            technique = event.technique or ""
-            key = (window, event.province, event.category, event.severity, event.action, event.sensor, technique)
-            entry = touched.get(key)
-            if entry is None:
-                row = rows.get(key)
-                if row is not None and offset <= row.version:
-                    entry = touched[key] = _ALREADY_APPLIED
-                else:
-                    entry = touched[key] = [row, [0] * N_SECURITY, False]
-            if entry is _ALREADY_APPLIED:
-                continue
-            c = entry[1]
-            c[0] += 1
-            c[1] += event.count
-            accepted += 1
-            raw.append((
-                event.event_id, occurred_ms, event.province, event.agency, event.source,
-                event.category, event.severity, event.action, event.sensor, event.dst_asset,
-                event.src_ip or "", event.rule_id or "", technique, event.count,
-                topic_id, partition, offset, -1 if index is None else index, record_ms,
-            ))
-        return _Plan(touched, N_SECURITY, raw, self.batch.security_raw, (), hashes, fresh,
-                     {SecurityAlert: accepted} if accepted else {}, duplicates, {}, ())
-
-    def _lifecycle(self, state, plan: "_Plan", record_ms: int, offset: int) -> list:
-        """The record's receipts and closings through the partition's open items; returns the marks of
-        each raw row (MARK_COLUMNS)."""
-        marks_rows = [NO_MARKS_ROW] * len(plan.raw)
-        if not plan.lifecycle_events:
-            return marks_rows
-        results = state.lifecycle.apply([event for _, event in plan.lifecycle_events], record_ms)
-        for (raw_index, event), (marks, item) in zip(plan.lifecycle_events, results):
-            if item is not None and item.alerted:
-                self._resolve(state, event[0], event[1], item, event[2], offset)
-            if raw_index is None or marks is NO_MARKS:
-                continue
-            # A closing counts under its item's province, agency and procedure (the receipt's).
-            meta = ("", "", "") if item is None else (item.province, item.agency, item.procedure_code)
-            marks_rows[raw_index] = (*marks, *meta)
-        return marks_rows
-
-    def _commit_plan(self, state, plan: "_Plan", record_ms: int, already_stored: bool, marks=None) -> None:
-        """The plain end of a record's application: rows, raw events, the ids it accepted, metrics."""
-        dirty = state.dirty
-        for key, entry in plan.touched.items():
-            if entry is _ALREADY_APPLIED:
-                continue
-            row, counts, unknown = entry
-            if row is None:
-                row = state.new_row(key, plan.width)
-                row.unknown_agency = unknown
-            row.counters = list(map(add, row.counters, counts))
-            dirty.add(key)
-        plan.raw_table.extend(plan.raw)
-        if marks is not None:
-            self.batch.service_marks.extend(marks)
-        state.recent.remember(plan.hashes, plan.fresh, record_ms)
-        self._count(plan.accepted, plan.duplicates, already_stored)
-        for province, count in plan.unknown_agency.items():
-            _child(UNKNOWN_AGENCY, province).inc(count)
 
     # -- overdue items -------------------------------------------------------------------
 
@@ -600,20 +721,20 @@ class Processor:
                item.agency, item.procedure_code, item.due_ms, watermark, int(self.replaying), 0, -1,
                state.topic_id, state.partition, offset, "firing", 0)
         self.batch.alerts.append(row)
-        if not state.lifecycle.mark_alerted(item.kind, item.item_id):
+        if not state.lifecycle.mark_alerted(item.kind, item.item_id, watermark):
             # Closed (late) before the watermark reached its due time: over as it starts, it pages nobody.
             self.batch.alerts.append(row[:STATUS] + ("resolved", watermark))
 
     def _resolve(self, state, kind: str, item_id: str, item, resolved_ms: int, offset: int) -> None:
         """An alerted item closed: its alert is resolved (once: a resolution stored by a record the
-        worker sees again after a take-over is not made again)."""
+        worker sees again after a take-over is not made again). It carries its alert's detected_at."""
         if (kind, item_id) in state.resolved:
             return
         kind_type = ALERT_TYPES[kind]
         item_ref = self.pseudonymise(f"{kind}:{item_id}")
         self.batch.alerts.append((
             f"{kind_type}:{item_ref[:32]}", kind_type, kind, item_id, item_ref, item.province, item.agency,
-            item.procedure_code, item.due_ms, max(0, state.tracker.watermark), int(self.replaying), 0, -1,
+            item.procedure_code, item.due_ms, item.alerted, int(self.replaying), 0, -1,
             state.topic_id, state.partition, offset, "resolved", resolved_ms))
 
     def tick(self) -> None:
@@ -679,14 +800,6 @@ class Processor:
                 del self.batch.alerts[alerts_before:]
                 self._tracker_failed(state, exc)
         TRACKED_ITEMS.set(sum(len(s.tracker) for s in self.partitions.values() if s.tracker is not None))
-
-    @staticmethod
-    def _count(accepted: dict, duplicates: int, already_stored: bool) -> None:
-        # Metrics per record, not per event: a labelled increment costs more than an event's counting.
-        for cls, count in accepted.items():
-            _child(EVENTS_VALID, cls.__struct_config__.tag).inc(count)
-        if duplicates and not already_stored:
-            DUPLICATES.inc(duplicates)
 
     def _reject(self, state, offset, record_ms, rejections) -> list:
         letters = []

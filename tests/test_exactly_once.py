@@ -85,7 +85,9 @@ def test_worker_killed_mid_stream_and_restarted(pipeline):
     start_ms = start_of_minute_ms(2)
     workload = Workload(seed=31, start_ms=start_ms, events=6000, rate=20.0)
     worker = pipeline.start_worker()
-    sender = send_in_background(workload, pipeline.settings, seconds=12, with_bad=False)
+    # Half the events as records of their own, between batches in the same partitions: the worker
+    # applies them in runs, and the kill lands inside one.
+    sender = send_in_background(workload, pipeline.settings, seconds=12, with_bad=False, singles_share=0.5)
     pipeline.wait_for(lambda: stored_events(pipeline) > 1000, what="worker under way")
     worker.stop(signal.SIGKILL)
     assert stored_events(pipeline) < 5900, "the kill must land mid-stream"
@@ -98,7 +100,7 @@ def test_second_worker_joins_then_leaves(pipeline):
     start_ms = start_of_minute_ms(2)
     workload = Workload(seed=32, start_ms=start_ms, events=8000, rate=25.0)
     pipeline.start_worker()
-    sender = send_in_background(workload, pipeline.settings, seconds=24, with_bad=False)
+    sender = send_in_background(workload, pipeline.settings, seconds=24, with_bad=False, singles_share=0.5)
     pipeline.wait_for(lambda: stored_events(pipeline) > 1000, what="first worker under way")
     second = pipeline.start_worker()
     pipeline.wait_for(lambda: stored_events(pipeline) > 4000, what="both workers under way")
