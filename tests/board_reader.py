@@ -36,7 +36,15 @@ class BoardReader:
                                   settings={"readonly": 2, **PLUGIN_SETTINGS})
 
     def run(self, sql: str) -> tuple[list[tuple[str, str]], list[tuple]]:
-        """(column (name, type) pairs, rows) of a query."""
+        """(column (name, type) pairs, rows) of a query; a refused query raises StoreError."""
+        from opscentre.clickhouse import StoreError
+
+        try:
+            return self._run(sql)
+        except Exception as exc:  # noqa: BLE001 (clickhouse-driver's errors, chDB's RuntimeError: one kind here)
+            raise StoreError(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__) from None
+
+    def _run(self, sql: str) -> tuple[list[tuple[str, str]], list[tuple]]:
         if self.kind == "chdb":
             settings = ", ".join(f"{k} = {v}" for k, v in PLUGIN_SETTINGS.items())
             result = self._session.query(f"{sql}\nSETTINGS {settings}, output_format_json_quote_64bit_integers = 0",

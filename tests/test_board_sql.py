@@ -1,4 +1,5 @@
-"""dashboards/grafana/sql.py against dashboards/kpi.py, on ClickHouse 18.16 and chDB.
+"""dashboards/grafana/sql.py against dashboards/kpi.py, on ClickHouse 18.16 and chDB (run by
+tests/test_board_queries.py, on the database its board queries then read).
 
 The boards write the read side's split of a period (whole months, days, hours and minutes, raw
 partial minutes) in SQL from Grafana's `$__fromTime`/`$__toTime`. Over months of stored events,
@@ -12,9 +13,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import random
-import subprocess
-import sys
-from pathlib import Path
 
 from dashboards.grafana import sql
 from dashboards.kpi import Period, counters, lifecycle_count
@@ -110,7 +108,7 @@ def periods_are_kpis_split(store, reader, span) -> int:
                                group_by=["province", "agency"])
     security = sql.period_sum(sql.SECURITY, list(sql.SECURITY.measures), group_by=["province"])
     checked = 0
-    for start_s, end_s in periods(span, 150):
+    for start_s, end_s in periods(span, 60):
         period = Period(_moment(start_s), _moment(end_s))
         expected = counters(store, period, None)
         got = {row[0]: dict(zip(SERVICE_COUNTERS, row[1:])) for row in run(reader, service, start_s, end_s)}
@@ -131,7 +129,7 @@ def instants_are_lifecycle_counts(store, reader, span) -> int:
     intervals = ["dossiers_open", "dossiers_overdue", "feedback_open", "feedback_overdue"]
     template = sql.instant_sum([sql.lifecycle_measure(i) for i in intervals], group_by=["province", "agency"])
     rng = random.Random(8)
-    instants = [span[0] // 1000 + rng.randrange(0, (span[1] - span[0]) // 1000 + 86400) for _ in range(60)]
+    instants = [span[0] // 1000 + rng.randrange(0, (span[1] - span[0]) // 1000 + 86400) for _ in range(30)]
     instants += [t - t % 60 for t in instants[:10]] + [1_790_812_800, 1_790_812_799, 1_790_812_801]
     checked = 0
     for t in instants:
@@ -145,24 +143,15 @@ def instants_are_lifecycle_counts(store, reader, span) -> int:
     return checked
 
 
-def check(url: str) -> None:
+def check(url: str) -> tuple:
+    """Fill a database, then compare; returns the events' span (tests/test_board_queries.py goes on
+    with the same database: one fill per server)."""
     store = connect(url)
     span = fill(store)
     reader = BoardReader(url)
-    assert periods_are_kpis_split(store, reader, span) > 50_000  # the periods are not all empty
+    assert periods_are_kpis_split(store, reader, span) > 30_000  # the periods are not all empty
     assert instants_are_lifecycle_counts(store, reader, span) > 1_000
-
-
-def test_on_clickhouse_18_16(clickhouse_url):
-    assert connect(clickhouse_url).server_version()[:2] == (18, 16)
-    check(clickhouse_url)
-
-
-def test_on_chdb(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "tests.test_board_sql", f"chdb://{tmp_path}/chdb?database=boards"],
-                            capture_output=True, text=True, timeout=600, check=False,
-                            cwd=Path(__file__).resolve().parent.parent)
-    assert result.returncode == 0, result.stderr[-3000:]
+    return span
 
 
 def test_bounds_are_the_grains_boundaries():
@@ -172,5 +161,3 @@ def test_bounds_are_the_grains_boundaries():
     assert "toStartOfMonth(toDateTime(x, 'UTC'))" in sql.ceil_to("month", "x")
 
 
-if __name__ == "__main__":
-    check(sys.argv[1])

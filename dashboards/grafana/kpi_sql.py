@@ -205,11 +205,11 @@ FROM (
     WHERE kind = 'dossier'
     GROUP BY kind, item_id
     HAVING countIf(NOT closed) > 0 AND countIf(closed AND occurred_ms < {TO} * 1000) = 0 AND due_ms < {TO} * 1000
-)
+) AS overdue
 ANY LEFT JOIN (
     SELECT kind, item_id, any(item_ref) AS item_ref FROM alerts FINAL
     WHERE kind = 'dossier' AND status = 'firing' GROUP BY kind, item_id
-) USING (kind, item_id)
+) AS refs USING (kind, item_id)
 WHERE {where}
 ORDER BY due_ms, item_ref
 LIMIT {limit}""")
