@@ -42,7 +42,9 @@ class BoardReader:
         try:
             return self._run(sql)
         except Exception as exc:  # noqa: BLE001 (clickhouse-driver's errors, chDB's RuntimeError: one kind here)
-            raise StoreError(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__) from None
+            # clickhouse-driver puts the code on a line of its own: code and message, without the stack
+            lines = [line for line in str(exc).strip().splitlines() if line.strip()][:2]
+            raise StoreError(" ".join(lines) or type(exc).__name__) from None
 
     def _run(self, sql: str) -> tuple[list[tuple[str, str]], list[tuple]]:
         if self.kind == "chdb":

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import random
 import signal
 import subprocess
@@ -36,11 +37,12 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from dashboards.config import Config
 from dashboards.grafana import reference
 from dashboards.grafana.common import TIMEZONE
 from dashboards.grafana.queries import BoardQuery, board_queries
-from dashboards.kpi import Period, counters, lifecycle_count
-from dashboards.macros import Variable, panel_interval_ms, panel_sql
+from dashboards.kpi import Period, counters, kpis, lifecycle_count
+from dashboards.macros import Variable, alert_sql, panel_interval_ms, panel_sql
 from opscentre.clickhouse import StoreError
 from opscentre.settings import Settings
 from tests.board_reader import BoardReader
@@ -179,6 +181,8 @@ def shapes_on(url: str, directory: Path, threads: int = 1) -> None:
 
     test_board_sql.check(url)  # fills the database; the read side's split, in SQL, equals kpi's
     assert run_matrix(url, matrix_settings(directory), MATRIX_NOW, threads) > 500
+    seen = [rules_on(url, at) for at in (MATRIX_NOW, MATRIX_NOW + dt.timedelta(days=1))]
+    assert all(any(answers[uid] for answers in seen) for uid in seen[0]), seen  # each rule had rows to judge
     # The default list: every province through one stat and one table of each board that has it.
     reader = BoardReader(url)
     span = ranges(MATRIX_NOW)["last 7 days"]
@@ -192,6 +196,54 @@ def shapes_on(url: str, directory: Path, threads: int = 1) -> None:
                 values = {**values, "agency": Variable.all_selected(["STP"], multi=False)}
             columns, rows = reader.run(expand(query, span, values))
             check_shape(query, columns, rows)
+
+
+def rules_on(url: str, at: dt.datetime) -> dict:
+    """The alert rules' queries, expanded with server macros only (no browser step for alert rules),
+    give what Grafana alerting needs (text columns for labels, one number) and the read side's
+    numbers: the last working day's on-time rate per agency (the scorecard's), the year's
+    fully-online share per province (kpi's), the overdue growth (lifecycle counts), the last hour
+    against the baseline (counters). With one item enough to judge, so the data has rows."""
+    from dashboards.grafana import alert_rules
+    from dashboards.scorecard import scorecard
+    from opscentre.clickhouse import connect
+
+    store, reader = connect(url), BoardReader(url)
+    config = Config.from_settings(SETTINGS.with_overrides(alert_kpi_min_items=1))
+    answers = {}
+    for rule in alert_rules.rules(config):
+        columns, rows = reader.run(alert_sql(rule.sql, time_from=at - dt.timedelta(seconds=rule.lookback_s), time_to=at))
+        *labels, (_, kind) = columns
+        assert {name for name, _ in labels} <= {"province", "agency"} and all("String" in t for _, t in labels), columns
+        assert is_number(kind) and all(row[-1] is not None and math.isfinite(row[-1]) for row in rows), rule.uid
+        answers[rule.uid] = {row[:-1]: row[-1] for row in rows}
+    local = at.astimezone(LOCAL).replace(hour=0, minute=0, second=0, microsecond=0)
+    day = local - dt.timedelta(days={0: 3, 6: 2}.get(local.weekday(), 1))
+    for province in ("01", "48", "79"):
+        for row in scorecard(store, SETTINGS, province, day, day + dt.timedelta(days=1))[1:]:
+            c = row["counts"]
+            if c["completed"]:
+                assert answers["opscentre-agency-on-time"][(province, row["agency"])] == \
+                    (c["completed"] - c["completed_late"]) / c["completed"]
+    year = local.replace(month=1, day=1)
+    for row in kpis(store, "all", year, at):
+        if row["dossiers_received"]:
+            assert round(answers["opscentre-full-online"][(row["province"],)], 4) == row["full_online_rate"]
+    at_ms, window_ms = int(at.timestamp()) * 1000, int(config.overdue_growth_window_s) * 1000
+    now = lifecycle_count(store, at_ms, "dossiers_overdue", None, by_agency=True)
+    before = lifecycle_count(store, at_ms - window_ms, "dossiers_overdue", None, by_agency=True)
+    assert answers["opscentre-overdue-growing"] == {
+        key: float(count - before.get(key, 0)) for key, count in now.items() if count > before.get(key, 0)}
+    hours = config.security_baseline_days * 24
+    recent = counters(store, Period(at - dt.timedelta(hours=1), at), None)
+    usual = counters(store, Period(at - dt.timedelta(hours=1 + hours), at - dt.timedelta(hours=1)), None)
+    for province, values in recent.items():
+        high = values.get("security_alerts_high_or_critical", 0)
+        if high:
+            limit = max(config.security_min_alerts, config.security_factor
+                        * usual.get(province, {}).get("security_alerts_high_or_critical", 0) / hours)
+            assert answers["opscentre-security-high"][(province,)] == high / limit
+    return answers
 
 
 def test_periods_in_sql_and_every_board_query_on_clickhouse_18_16_and_chdb(clickhouse_url, tmp_path):

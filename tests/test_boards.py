@@ -851,3 +851,8 @@ def test_push_errors_are_one_line(case, message):
     assert result.stderr.startswith("opscentre dashboards: ")
     assert message.format(port=port, url=fake.url) in result.stderr
     assert fake.writes == []
+
+
+def test_the_default_province_is_one_of_the_list():
+    with pytest.raises(SettingsError, match="OPSCENTRE_DASHBOARD_PROVINCE: '99' is not a code of the province list"):
+        render(next(board for board in BOARDS if board.uid == "opscentre-province"), settings(dashboard_province="99"))

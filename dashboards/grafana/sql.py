@@ -53,7 +53,8 @@ def ceil_to(grain: str, seconds: str) -> str:
     """The first `grain` boundary at or after `seconds`."""
     if grain == "month":
         floor = floor_to("month", seconds)
-        return (f"if({floor} = {seconds}, {seconds}, "
+        # toUInt64: `seconds` may be a signed difference ($__toTime - 3600); if() needs one type
+        return (f"if({floor} = {seconds}, toUInt64({seconds}), "
                 f"toUInt32(addMonths(toStartOfMonth(toDateTime({seconds}, 'UTC')), 1)) * 86400)")
     span = _SPANS[grain]
     return f"intDiv({seconds} + {span - 1}, {span}) * {span}"
