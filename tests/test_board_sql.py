@@ -108,7 +108,7 @@ def periods_are_kpis_split(store, reader, span) -> int:
                                group_by=["province", "agency"])
     security = sql.period_sum(sql.SECURITY, list(sql.SECURITY.measures), group_by=["province"])
     checked = 0
-    for start_s, end_s in periods(span, 60):
+    for start_s, end_s in periods(span, 40):
         period = Period(_moment(start_s), _moment(end_s))
         expected = counters(store, period, None)
         got = {row[0]: dict(zip(SERVICE_COUNTERS, row[1:])) for row in run(reader, service, start_s, end_s)}
@@ -129,7 +129,7 @@ def instants_are_lifecycle_counts(store, reader, span) -> int:
     intervals = ["dossiers_open", "dossiers_overdue", "feedback_open", "feedback_overdue"]
     template = sql.instant_sum([sql.lifecycle_measure(i) for i in intervals], group_by=["province", "agency"])
     rng = random.Random(8)
-    instants = [span[0] // 1000 + rng.randrange(0, (span[1] - span[0]) // 1000 + 86400) for _ in range(30)]
+    instants = [span[0] // 1000 + rng.randrange(0, (span[1] - span[0]) // 1000 + 86400) for _ in range(20)]
     instants += [t - t % 60 for t in instants[:10]] + [1_790_812_800, 1_790_812_799, 1_790_812_801]
     checked = 0
     for t in instants:
@@ -149,7 +149,7 @@ def check(url: str) -> tuple:
     store = connect(url)
     span = fill(store)
     reader = BoardReader(url)
-    assert periods_are_kpis_split(store, reader, span) > 30_000  # the periods are not all empty
+    assert periods_are_kpis_split(store, reader, span) > 20_000  # the periods are not all empty
     assert instants_are_lifecycle_counts(store, reader, span) > 1_000
     return span
 

@@ -215,40 +215,44 @@ ORDER BY due_ms, item_ref
 LIMIT {limit}""")
 
 
+PROCEDURE_COLUMNS = ("received_n", "completed_n", "on_time_n", "timed_n", "p50_ms", "p90_ms", "limit_p50_ms",
+                     "overdue_n")
+
+
 def procedures(name: str, where: str, procedure_name: str) -> str:
     """Per procedure over the period: received, completed, on time from the raw events (procedures
     are not a dimension of the counter rows; the read is bounded by the period), overdue open at
     `to` from the lifecycle counts; processing time of completions (receipt to completion, when
     the worker held the receipt) and the legal limit (receipt to due), p50 and p90, in hours."""
-    events = f"occurred_at >= toDateTime({FROM}) AND occurred_at < toDateTime({TO}) AND {where}"
     completed = "event_type = 'dossier.completed'"
     timed = f"{completed} AND lc_open_entered_ms > 0"
-    overdue = sql.instant_branches([sql.lifecycle_measure("dossiers_overdue", "overdue_n")], where=where,
-                                   group_by=["procedure_code"])
-    zeros = "toInt64(0) AS received_n, toInt64(0) AS completed_n, toInt64(0) AS on_time_n, toInt64(0) AS timed_n"
-    no_times = ", ".join(f"toFloat64(0) AS {c}" for c in ("p50_ms", "p90_ms", "limit_p50_ms"))
-    lifecycle = "\n    UNION ALL\n    ".join(
-        branch.replace("SELECT procedure_code, ", f"SELECT procedure_code, {zeros}, {no_times}, ", 1)
-        for branch in overdue)
+    took, limit = "toInt64(occurred_ms) - toInt64(lc_open_entered_ms)", \
+        "toInt64(lc_overdue_entered_ms) - toInt64(lc_open_entered_ms)"
+    raw = {
+        "received_n": "countIf(event_type = 'dossier.received')", "completed_n": f"countIf({completed})",
+        "on_time_n": f"countIf({completed} AND on_time = 1)", "timed_n": f"countIf({timed})",
+        # quantileExact: an element of the set (exact, in ms)
+        "p50_ms": f"quantileExactIf(0.5)({took}, {timed})", "p90_ms": f"quantileExactIf(0.9)({took}, {timed})",
+        "limit_p50_ms": f"quantileExactIf(0.5)({limit}, {timed})", "overdue_n": "0",
+    }
+    events = ", ".join(f"toInt64({expression}) AS {column}" for column, expression in raw.items())
+    overdue = sql.instant_branches([sql.lifecycle_measure("dossiers_overdue", "overdue_n")],
+                                   columns=PROCEDURE_COLUMNS, where=where, group_by=["procedure_code"])
+    branches = "\n    UNION ALL\n    ".join(overdue)
+    hours = lambda column: f"if(sum(timed_n) = 0, NULL, max({column}) / 3600000)"
     return named(name, f"""SELECT procedure_code, {procedure_name} AS procedure_name, sum(received_n) AS received,
        sum(completed_n) AS completed, sum(on_time_n) AS completed_on_time,
        {share('sum(on_time_n)', 'sum(completed_n)')} AS on_time_rate, sum(overdue_n) AS overdue_open,
-       if(sum(timed_n) = 0, NULL, max(p50_ms) / 3600000) AS processing_p50_h,
-       if(sum(timed_n) = 0, NULL, max(p90_ms) / 3600000) AS processing_p90_h,
-       if(sum(timed_n) = 0, NULL, max(limit_p50_ms) / 3600000) AS legal_limit_h
+       {hours('p50_ms')} AS processing_p50_h, {hours('p90_ms')} AS processing_p90_h,
+       {hours('limit_p50_ms')} AS legal_limit_h
 FROM (
-    SELECT procedure_code, toInt64(countIf(event_type = 'dossier.received')) AS received_n,
-           toInt64(countIf({completed})) AS completed_n, toInt64(countIf({completed} AND on_time = 1)) AS on_time_n,
-           toInt64(countIf({timed})) AS timed_n,
-           toFloat64(quantileExactIf(0.5)(occurred_ms - lc_open_entered_ms, {timed})) AS p50_ms,
-           toFloat64(quantileExactIf(0.9)(occurred_ms - lc_open_entered_ms, {timed})) AS p90_ms,
-           toFloat64(quantileExactIf(0.5)(lc_overdue_entered_ms - lc_open_entered_ms, {timed})) AS limit_p50_ms,
-           toInt64(0) AS overdue_n
+    SELECT procedure_code, {events}
     FROM service_events FINAL
-    WHERE {events} AND event_type IN ('dossier.received', 'dossier.completed')
+    WHERE occurred_at >= toDateTime({FROM}) AND occurred_at < toDateTime({TO}) AND {where}
+      AND event_type IN ('dossier.received', 'dossier.completed')
     GROUP BY procedure_code
     UNION ALL
-    {lifecycle}
+    {branches}
 )
 GROUP BY procedure_code
 HAVING received + completed + overdue_open > 0

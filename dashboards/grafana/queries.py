@@ -8,13 +8,17 @@ build, so a benchmark's figures stay comparable across releases.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from dataclasses import dataclass, field
+from zoneinfo import ZoneInfo
 
 from opscentre.settings import Settings
 
+from ..macros import Variable, panel_interval_ms, panel_sql
+from . import reference
 from .boards import BOARDS
-from .common import render
+from .common import TIMEZONE, render
 from .datasources import CLICKHOUSE_UID
 
 _NAME = re.compile(r"^-- ([\w.]+)\n")
@@ -68,3 +72,43 @@ def board_queries(settings: Settings | None = None) -> list[BoardQuery]:
     if repeated:
         raise ValueError(f"board query names used twice: {', '.join(repeated)}")
     return found
+
+
+PANEL_WIDTH_PX = 1000  # a panel's maxDataPoints: its width in pixels
+
+
+def own_range(time_from: str, now: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
+    """The range of a panel with one of its own, as Grafana resolves it in the boards' time zone."""
+    local = now.astimezone(ZoneInfo(TIMEZONE))
+    if time_from == "1h":
+        return now - dt.timedelta(hours=1), now
+    day = local.replace(hour=0, minute=0, second=0, microsecond=0)
+    if time_from == "now/d":
+        return day.astimezone(dt.UTC), now
+    if time_from == "now/M":
+        return day.replace(day=1).astimezone(dt.UTC), now
+    raise ValueError(f"a panel range {time_from!r} not used by the boards")
+
+
+def default_variables(settings: Settings, board: str) -> dict[str, Variable]:
+    """The values a board opens on: the settings' province, every agency."""
+    codes = list(reference.provinces(settings))
+    province = reference.default_province(settings)
+    if board == "opscentre-national":
+        return {}
+    if board == "opscentre-security":
+        return {"province": Variable((province,), codes, multi=True, include_all=True)}
+    values = {"province": Variable(province, codes)}
+    if board == "opscentre-agency":
+        values["agency"] = Variable.all_selected([], multi=False)
+    return values
+
+
+def expand(query: BoardQuery, start: dt.datetime, end: dt.datetime, variables: dict[str, Variable],
+           now: dt.datetime | None = None) -> str:
+    """What ClickHouse receives for the query, the board's range [start, end) (the panel's own when
+    it has one, ending `now`, default `end`) and these variable values: dashboards/macros.py."""
+    if query.time_from:
+        start, end = own_range(query.time_from, now or end)
+    return panel_sql(query.sql, time_from=start, time_to=end, variables=variables, timezone=TIMEZONE,
+                     interval_ms=panel_interval_ms(start, end, PANEL_WIDTH_PX))

@@ -74,7 +74,7 @@ def build(texts: Texts, settings: Settings):
              description=texts("Share of citizen feedback resolved on time.")),
         stat(texts, texts("Overdue open"), kpi_sql.count(named("overdue_open"), "dossiers_overdue_open"),
              unit=count, width=4,
-             colours=rising_colours(BUSINESS.overdue_open_warning, BUSINESS.overdue_open_critical * 10),
+             colours=rising_colours(BUSINESS.overdue_open_warning, BUSINESS.overdue_open_critical),
              description=texts("Dossiers overdue now, every province.")),
     ]
     provinces = table_panel(
