@@ -7,8 +7,12 @@
 - every PromQL expression runs on a real Prometheus 2.42 scraping the project's real metric
   definitions, without error, and returns series where the metrics exist;
 - `dashboards push` against a small HTTP server standing in for Grafana's HTTP API (the endpoints
-  grafana-client calls for health, plugins, folders, data sources and dashboards): created,
-  then unchanged on a second push, nothing written by --dry-run, one-line errors.
+  grafana-client calls for health, plugins, folders, data sources, dashboards, alert rules and
+  their groups, and the alerting settings): created, then unchanged on a second push, nothing
+  written by --dry-run, one-line errors.
+
+The ClickHouse queries of the boards run in tests/test_board_queries.py, the alert rules' file
+and routing in tests/test_board_alert_rules.py.
 """
 
 from __future__ import annotations
@@ -803,6 +807,26 @@ def test_push_leaves_provisioned_objects_to_their_files(grafana):
         run_push(grafana, dashboard_language="en")
     lines, _ = run_push(grafana)  # provisioned and equal: nothing to do, no error
     assert lines[-1].startswith("push: Grafana already matches")
+
+
+def test_push_updates_a_changed_rule_and_leaves_file_provisioned_rules_alone(grafana):
+    run_push(grafana)
+    grafana.writes.clear()
+    lines, _ = run_push(grafana, target_on_time=0.9)
+    assert "updated (data, annotations)" in next(line for line in lines if "opscentre-agency-on-time" in line)
+    # the boards that colour by the target change too; of the rules, only that one
+    rule_writes = [write for write in grafana.writes if "alert-rules" in write[1]]
+    assert rule_writes == [("PUT", "/api/v1/provisioning/alert-rules/opscentre-agency-on-time")]
+    threshold = grafana.rules["opscentre-agency-on-time"]["data"][2]["model"]["conditions"][0]["evaluator"]
+    assert threshold == {"params": [0.9], "type": "lt"}
+    grafana.rules["opscentre-agency-on-time"]["provenance"] = "file"
+    with pytest.raises(PushError, match="alert rule opscentre-agency-on-time is provisioned from files"):
+        run_push(grafana, target_on_time=0.85)
+    grafana.rule_groups[("opscentre-operations", "opscentre-kpi")] = 60  # changed in Grafana
+    lines, _ = run_push(grafana, target_on_time=0.9)
+    assert "rule group opscentre-kpi" in next(line for line in lines if line.startswith("rule group") and "updated"
+                                              in line)
+    assert grafana.rule_groups[("opscentre-operations", "opscentre-kpi")] == 300
 
 
 def test_push_notes_another_plugin_version():
