@@ -56,6 +56,28 @@ def produce(settings, events, per_record: int) -> int:
     return records
 
 
+def produce_librdkafka(settings, events) -> int:
+    """Single-event records as a third-party system sends them: librdkafka (confluent-kafka), its
+    default partitioner (consistent_random: CRC32 of the key), keyed by item."""
+    from confluent_kafka import Producer
+
+    ensure_topics(settings)
+    producer = Producer({"bootstrap.servers": settings.kafka, "linger.ms": 20, "acks": "1"})
+    topics = {"service": settings.service_topic, "security": settings.security_topic}
+    for n, event in enumerate(events):
+        kind = "security" if event["event_type"] == "security.alert" else "service"
+        while True:
+            try:
+                producer.produce(topics[kind], key=routing_key(event).encode(), value=encode(event))
+                break
+            except BufferError:  # the local queue is full: let it drain
+                producer.poll(0.1)
+        if n % 10_000 == 0:
+            producer.poll(0)
+    producer.flush(60)
+    return len(events)
+
+
 class CpuUse:
     """CPU time spent on the machine, sampled in the background, to say what an event costs.
 

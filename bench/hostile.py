@@ -212,14 +212,14 @@ def main() -> None:
         rows = bench_processor(args.repeat)
         valid_s = rows[0][2]
         print(f"processor, median of {args.repeat} runs, one record")
-        print(f"| record | bytes | ms | × valid | dead letters |\n|---|---|---|---|---|")
+        print("| record | bytes | ms | × valid | dead letters |\n|---|---|---|---|---|")
         for label, size, seconds, letters in rows:
             print(f"| {label} | {size:,} | {seconds * 1000:.1f} | {seconds / valid_s:.2f} | {letters:,} |")
     if args.only != "processor":
         rows = bench_worker(args.records)
         valid_s = rows[0][1]
         print(f"\nworker, {args.records} records of each kind, produce → stored or dead-lettered")
-        print(f"| record | s | × valid |\n|---|---|---|")
+        print("| record | s | × valid |\n|---|---|---|")
         for label, seconds in rows:
             print(f"| {label} | {seconds:.2f} | {seconds / valid_s:.2f} |")
 

@@ -15,7 +15,9 @@ party sends), then times, one after the other:
 - a naive Faust agent counting into a Table;
 - Quix Streams with a 1-minute tumbling window.
 
-The worker, naive Faust and Quix Streams also run on the single-event records.
+The worker, naive Faust and Quix Streams also run on the single-event records, and the worker and
+Quix Streams on the same events sent by librdkafka (confluent-kafka, its default partitioner), as
+third-party systems send them.
 
 Baselines that cannot finish within --time-limit report the rate they reached. With
 --repeat N every row runs N times, in rounds, and the table shows each row's median run,
@@ -47,7 +49,7 @@ import msgspec  # noqa: E402
 from kafka import KafkaConsumer, TopicPartition  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
-from bench.common import CpuUse, make_events, produce  # noqa: E402
+from bench.common import CpuUse, make_events, produce, produce_librdkafka  # noqa: E402
 from opscentre.clickhouse import connect  # noqa: E402
 from opscentre.embedded import EmbeddedBroker  # noqa: E402
 from opscentre.events import AnyEvent, to_millis  # noqa: E402
@@ -83,8 +85,12 @@ def _worker_progress(port: int) -> tuple[float, float]:
 
 
 def project_worker(bootstrap, clickhouse_url, events, per_record, cpu) -> dict:
+    """per_record: events a record (batched by the project's producer), or "librdkafka" (single events)."""
     pipeline = Pipeline(bootstrap, clickhouse_url, Path(tempfile.mkdtemp()))
-    produce(pipeline.settings, events, per_record)
+    if per_record == "librdkafka":
+        produce_librdkafka(pipeline.settings, events)
+    else:
+        produce(pipeline.settings, events, per_record)
     worker = pipeline.start_worker()
     cpu.track("worker process", worker.process.pid, descendants=False)
     cpu.track("worker and writer", worker.process.pid)
@@ -239,6 +245,11 @@ def main() -> None:
         ("Quix Streams tumbling window", "single events",
          lambda tag: subprocess_baseline("quix_app.py", single.settings, len(singles), args.time_limit,
                                          f"quix1{tag}")),
+        ("project worker (end to end)", "librdkafka singles",
+         lambda tag: project_worker(bootstrap, url(f"bench_worker_rd{tag}"), singles, "librdkafka", cpu)),
+        ("Quix Streams tumbling window", "librdkafka singles",
+         lambda tag: subprocess_baseline("quix_app.py", librdkafka.settings, len(singles), args.time_limit,
+                                         f"quixrd{tag}")),
     ]
     unknown = sorted((args.only or set()) - set(range(1, len(rows) + 1)))
     if unknown:
@@ -264,6 +275,8 @@ def main() -> None:
         produce(batched.settings, service, args.per_record)
         single = Pipeline(bootstrap, url("bench_single"), Path(tempfile.mkdtemp()))
         produce(single.settings, singles, 1)
+        librdkafka = Pipeline(bootstrap, url("bench_librdkafka"), Path(tempfile.mkdtemp()))
+        produce_librdkafka(librdkafka.settings, singles)
 
         # Rounds, not a row's runs back to back: a drift of the machine's speed lands on every row.
         for round_number in range(args.repeat):

@@ -88,12 +88,24 @@ def build_parser() -> argparse.ArgumentParser:
     db_commands = db.add_subparsers(dest="db_command", metavar="ACTION", parser_class=_Parser)
     db_commands.required = True
     db_commands.add_parser("migrate", help="create or upgrade the schema (safe to run twice)")
+    db_commands.add_parser("retention", help="drop the months past OPSCENTRE_RETENTION_DAYS now (workers do it hourly)")
 
     kpi = commands.add_parser("kpi", help="KPIs of a province (or all) over a period [from, to)")
     kpi.add_argument("--province", required=True, help="province code (e.g. 01), or 'all'")
     kpi.add_argument("--from", dest="start", type=_time, required=True, help="RFC 3339, inclusive")
     kpi.add_argument("--to", dest="end", type=_time, required=True, help="RFC 3339, exclusive")
     kpi.add_argument("--json", action="store_true", help="one JSON object per province")
+
+    history = commands.add_parser("history", help="every stored event of one dossier or feedback item")
+    history.add_argument("item_id", help="the dossier_id or feedback_id")
+    history.add_argument("--json", action="store_true", help="one JSON object per event")
+
+    overdue = commands.add_parser("overdue", help="a province's (or agency's) items overdue now, longest first")
+    overdue.add_argument("--province", required=True, help="province code (e.g. 01)")
+    overdue.add_argument("--agency", help="agency code (default: every agency)")
+    overdue.add_argument("--at", type=_time, help="RFC 3339 instant (default: now)")
+    overdue.add_argument("--feedback", action="store_true", help="feedback items instead of dossiers")
+    overdue.add_argument("--json", action="store_true", help="one JSON object per item")
 
     card = commands.add_parser("scorecard", help="a province's scorecard against its targets, per agency")
     card.add_argument("--province", required=True, help="province code (e.g. 01)")
@@ -185,10 +197,15 @@ def cmd_worker(args, settings: Settings) -> int:
 
 
 def cmd_db(args, settings: Settings) -> int:
+    from sinks.retention import apply_retention
     from sinks.schema import migrate
     from streams.lifecycle import fill
 
     store = _store(settings)
+    if args.db_command == "retention":
+        dropped = apply_retention(store, settings.retention_days)
+        print(f"retention {settings.retention_days} days: " + (", ".join(dropped) if dropped else "nothing to drop"))
+        return 0
     version = migrate(store)
     if fill(store):
         print("lifecycle counts computed from the stored events")
@@ -235,6 +252,37 @@ def cmd_scorecard(args, settings: Settings) -> int:
         sys.stdout.write(to_csv(rows))
     else:
         print(format_table(rows))
+    return 0
+
+
+def cmd_history(args, settings: Settings) -> int:
+    from dashboards.drilldown import format_history, item_history
+
+    events = item_history(_store(settings), args.item_id)
+    if args.json:
+        for event in events:
+            print(json.dumps(event, ensure_ascii=False))
+    else:
+        print(format_history(args.item_id, events))
+    return 0
+
+
+def cmd_overdue(args, settings: Settings) -> int:
+    import time
+
+    from dashboards.drilldown import format_overdue, overdue_items
+
+    from .provinces import load_provinces
+
+    if args.province not in load_provinces(settings.provinces_file):
+        raise CommandError(f"unknown province code {args.province!r} (see the province list)")
+    at_ms = int((args.at.timestamp() if args.at else time.time()) * 1000)
+    items = overdue_items(_store(settings), at_ms, args.province, args.agency, "feedback" if args.feedback else "dossier")
+    if args.json:
+        for item in items:
+            print(json.dumps(item, ensure_ascii=False))
+    else:
+        print(format_overdue(items))
     return 0
 
 
@@ -304,6 +352,7 @@ def cmd_run(args, settings: Settings) -> int:
 COMMANDS = {
     "run": cmd_run, "simulate": cmd_simulate, "ingest": cmd_ingest, "worker": cmd_worker,
     "db": cmd_db, "kpi": cmd_kpi, "scorecard": cmd_scorecard, "replay": cmd_replay,
+    "history": cmd_history, "overdue": cmd_overdue,
     "dashboards": cmd_dashboards, "alerts": cmd_alerts,
 }
 

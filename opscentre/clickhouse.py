@@ -50,9 +50,19 @@ class Store:
 
     url: str
     database: str
+    cluster: str | None = None  # the remote_servers cluster the tables are sharded over (NativeStore)
 
     def table(self, name: str) -> str:
         return f"{self.database}.{name}"
+
+    def local(self, name: str) -> str:
+        """The table holding this node's rows: `name` itself, or on a cluster `name_local` (the table
+        `name` is then the Distributed one over every shard)."""
+        return f"{self.database}.{name}_local" if self.cluster else self.table(name)
+
+    def nodes(self) -> list:
+        """A store on each node, for what runs node by node: DDL, mutations, partition drops."""
+        return [self]
 
     def execute(self, sql: str) -> None:
         raise NotImplementedError
@@ -81,7 +91,17 @@ class NativeStore(Store):
 
         parsed = urlparse(url)
         self.url = url
+        self.timeout_s = timeout_s
         self.database = _check_identifier(unquote(parsed.path.lstrip("/")) or "default")
+        cluster = parse_qs(parsed.query).get("cluster", [None])[0]
+        self.cluster = _check_identifier(cluster) if cluster else None
+        self._nodes = None
+        settings = {"insert_block_size": 1_048_576}
+        if self.cluster:
+            # A write is on its shard when it returns (the rollups read it next), and a subquery on a
+            # Distributed table runs on each shard's local table: every table is sharded by source
+            # partition, so an item's rows, and their subqueries', are on one shard.
+            settings.update(insert_distributed_sync=1, distributed_product_mode="local")
         self._lock = threading.Lock()
         self._client = Client(
             host=parsed.hostname or "127.0.0.1",
@@ -92,13 +112,41 @@ class NativeStore(Store):
             connect_timeout=5,
             send_receive_timeout=timeout_s,
             sync_request_timeout=5,
-            settings={"insert_block_size": 1_048_576},
+            settings=settings,
         )
         self._insert_settings: dict | None = None
 
     def describe(self) -> str:
         parsed = urlparse(self.url)
-        return f"clickhouse://{parsed.hostname}:{parsed.port or 9000}/{self.database}"
+        where = f"clickhouse://{parsed.hostname}:{parsed.port or 9000}/{self.database}"
+        return where + (f" (cluster {self.cluster})" if self.cluster else "")
+
+    def nodes(self) -> list:
+        if not self.cluster:
+            return [self]
+        if self._nodes is None:
+            self._nodes = self._cluster_nodes()
+        return self._nodes
+
+    def _cluster_nodes(self) -> list:
+        hosts = self.query(f"SELECT host_address, port FROM system.clusters WHERE cluster = {quote(self.cluster)} "
+                           "ORDER BY shard_num, replica_num")
+        if not hosts:
+            raise StoreError(f"ClickHouse at {self.describe()} has no cluster {self.cluster!r} in its remote_servers")
+        parsed = urlparse(self.url)
+        credentials = parsed.netloc.rpartition("@")[0]
+        nodes = []
+        for host, port in hosts:
+            node = NativeStore(parsed._replace(netloc=f"{credentials}@{host}:{port}" if credentials else f"{host}:{port}")
+                               .geturl(), self.timeout_s)
+            node._nodes = [node]  # a node's own tables: local() names them, nodes() is itself
+            nodes.append(node)
+        return nodes
+
+    def replicated(self) -> bool:
+        """Whether a shard of the cluster has more than one replica (Replicated engines then)."""
+        (replicas,) = self.query(f"SELECT max(replica_num) FROM system.clusters WHERE cluster = {quote(self.cluster)}")[0]
+        return int(replicas or 0) > 1
 
     def _run(self, *args, **kwargs):
         from clickhouse_driver import errors

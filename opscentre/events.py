@@ -15,6 +15,7 @@ an event object.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import re
 from typing import Annotated, ClassVar, Literal, NamedTuple, Union
 
@@ -222,6 +223,22 @@ _ANY = msgspec.json.Decoder()
 # msgspec raises RecursionError, not DecodeError, past the interpreter's recursion limit.
 _PARSE_ERRORS = (msgspec.DecodeError, RecursionError)
 _DUE_TYPES = frozenset({DossierReceived, DossierCompleted, FeedbackReceived, FeedbackResolved})
+_RECEIPT_TYPES = frozenset({DossierReceived, FeedbackReceived})
+
+
+def retention_start_ms(now_ms: int, days: int) -> int:
+    """The start of the oldest month kept (UTC): `days` back from now, to the first of that month.
+    Nothing before it is accepted (CONTRACT §2: late events count within raw-data retention), so
+    every count of a month kept is a sum of rows kept (sinks/retention.py). 0 days: no start."""
+    if days <= 0:
+        return MIN_MS
+    return _retention_start(max(0, now_ms - days * 86_400_000) // 3_600_000)
+
+
+@functools.lru_cache(maxsize=64)
+def _retention_start(hour: int) -> int:  # per hour: it runs for every record
+    then = _dt.datetime.fromtimestamp(hour * 3600, _dt.timezone.utc)
+    return int(_dt.datetime(then.year, then.month, 1, tzinfo=_dt.timezone.utc).timestamp() * 1000)
 
 
 def _whole(reason: str, value: bytes) -> Decoded:
@@ -231,9 +248,10 @@ def _whole(reason: str, value: bytes) -> Decoded:
 class Validator:
     """Decodes record values into events; explains every rejection; raises nothing."""
 
-    def __init__(self, provinces, max_future_ms: int = 600_000):
+    def __init__(self, provinces, max_future_ms: int = 600_000, retention_days: int = 0):
         self.provinces = frozenset(provinces)
         self.max_future_ms = max_future_ms
+        self.retention_days = retention_days
 
     def decode(self, value: bytes | None, now_ms: int) -> Decoded:
         if value is None:
@@ -311,6 +329,7 @@ class Validator:
         """Checks msgspec cannot express: timestamps in range, the province list, the future limit."""
         provinces = self.provinces
         latest = now_ms + self.max_future_ms
+        earliest = retention_start_ms(now_ms, self.retention_days)
         occurred_ms = [to_millis(event.occurred_at) for event in events]
         bad = None
         for position, event in enumerate(events):
@@ -326,6 +345,12 @@ class Validator:
                 )
             elif type(event) in _DUE_TYPES and not MIN_MS <= (due := to_millis(event.due_at)) <= MAX_MS:
                 reason = f"field 'due_at': {_timestamp_text(event.due_at, due)} is outside {YEARS}"
+            elif occurred < earliest:
+                reason = (f"field 'occurred_at': {_iso(occurred)} is before {_iso(earliest)}, the start of the "
+                          f"{self.retention_days}-day retention")
+            elif type(event) in _RECEIPT_TYPES and to_millis(event.due_at) < earliest:
+                reason = (f"field 'due_at': {_iso(to_millis(event.due_at))} is before {_iso(earliest)}, the start of "
+                          f"the {self.retention_days}-day retention")
             else:
                 continue
             if bad is None:

@@ -91,6 +91,8 @@ class Settings:
     clickhouse: str | None = None
     # The password of OPSCENTRE_CLICKHOUSE's user, when the URL has none (a secret file in the stack).
     clickhouse_password: str | None = _setting(None, secret=True)
+    # A ClickHouse cluster (remote_servers) to shard the tables over by source partition (README, "Deploy").
+    clickhouse_cluster: str | None = None
     topic_prefix: str = "opscentre"
     pseudonym_key: str | None = _setting(None, secret=True)
     metrics_addr: str = "127.0.0.1:9108"
@@ -98,6 +100,9 @@ class Settings:
     consumer_group: str = "opscentre-worker"
     dedup_horizon_s: float = 600.0
     max_future_s: float = 600.0
+    # Raw events, minute rows and lifecycle edges are kept this long (whole months, sinks/retention.py);
+    # hour rows twice as long; day and month rows, alerts and open items always. 0: keep everything.
+    retention_days: int = _setting(400, minimum=0)
     flush_interval_s: float = _setting(1.0, minimum=0.05)
     flush_max_records: int = _setting(2000, minimum=1)
     fetch_max_wait_s: float = _setting(0.1, minimum=0.01)
@@ -245,11 +250,24 @@ class Settings:
         return self.kafka
 
     def require_clickhouse(self) -> str:
-        """OPSCENTRE_CLICKHOUSE, with OPSCENTRE_CLICKHOUSE_PASSWORD put in when it is given."""
+        """OPSCENTRE_CLICKHOUSE, with OPSCENTRE_CLICKHOUSE_PASSWORD put in when it is given and
+        OPSCENTRE_CLICKHOUSE_CLUSTER as `?cluster=NAME` (opscentre.clickhouse reads both from the URL)."""
         if not self.clickhouse:
             raise SettingsError(
                 "OPSCENTRE_CLICKHOUSE is not set (clickhouse://user:password@host:9000/db or chdb:///path)"
             )
+        url = self._with_password()
+        if self.clickhouse_cluster:
+            parsed = urlparse(url)
+            if parsed.scheme not in ("clickhouse", "tcp"):
+                raise SettingsError("OPSCENTRE_CLICKHOUSE_CLUSTER is for ClickHouse servers (clickhouse://), "
+                                    f"not {parsed.scheme}://")
+            if not set(self.clickhouse_cluster) <= set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_"):
+                raise SettingsError(f"OPSCENTRE_CLICKHOUSE_CLUSTER: letters, digits and _ only, got {self.clickhouse_cluster!r}")
+            url = parsed._replace(query=f"cluster={self.clickhouse_cluster}").geturl()
+        return url
+
+    def _with_password(self) -> str:
         if self.clickhouse_password is None:
             return self.clickhouse
         parsed = urlparse(self.clickhouse)

@@ -17,6 +17,7 @@ if [ "$action" = test ]; then
   command -v promtool >/dev/null || lean+=(prometheus)  # the boards' PromQL, the alerting tests
   command -v amtool >/dev/null || lean+=(prometheus-alertmanager)
   command -v docker-compose >/dev/null || lean+=(docker-compose)  # tests/test_stack.py (no engine needed)
+  [ -e /usr/share/java/zookeeper.jar ] || lean+=(zookeeper)  # tests/test_cluster.py: ClickHouse replication
 fi
 if [ $(( ${#packages[@]} + ${#lean[@]} )) -gt 0 ]; then
   $SUDO apt-get update -qq

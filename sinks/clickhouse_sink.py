@@ -173,6 +173,35 @@ def touched_windows(table: AggregateTable, rows: list) -> set:
     return {(row[at], row[at + 1], row[0]) for row in rows}
 
 
+# ClickHouse parses at most max_query_size bytes of a statement (256 KiB by default, the rest of
+# an INSERT excepted): a literal list is cut into statements of at most this many bytes.
+LITERAL_LIST_BYTES = 64 * 1024
+
+
+def literal_lists(literals: list, budget: int = LITERAL_LIST_BYTES):
+    """(how many, the literals joined by ", ") in lists of at most `budget` bytes each."""
+    chunk, size = [], 0
+    for literal in literals:
+        if chunk and size + len(literal) + 2 > budget:
+            yield len(chunk), ", ".join(chunk)
+            chunk, size = [], 0
+        chunk.append(literal)
+        size += len(literal) + 2
+    if chunk:
+        yield len(chunk), ", ".join(chunk)
+
+
+def bucket_chunks(touched: set, budget: int = LITERAL_LIST_BYTES):
+    """(lowest bucket, highest bucket, literal list) of the (topic id, partition, bucket) given, in
+    chunks of at most `budget` bytes; sorted, so each chunk spans a short stretch of one partition."""
+    ordered = sorted(touched)
+    start = 0
+    for count, keys in literal_lists([f"({quote(t)}, {int(p)}, {int(b)})" for t, p, b in ordered], budget):
+        buckets = [b for _, _, b in ordered[start:start + count]]
+        start += count
+        yield min(buckets), max(buckets), keys
+
+
 def _columns(rows: list, width: int) -> list:
     # Tuples as zip makes them: the driver copies each column into its blocks anyway.
     return list(zip(*rows)) if rows else [() for _ in range(width)]
@@ -221,20 +250,19 @@ class ClickHouseSink:
     def recompute_lifecycle(self, touched: set) -> list:
         """The lifecycle minute rows of the (topic id, partition, minute) given, from lifecycle_edges,
         then their rollups. Like the rollups, a function of stored rows: always safe to redo."""
-        low = min(minute for _, _, minute in touched)
-        high = max(minute for _, _, minute in touched) + 60
-        keys = ", ".join(f"({quote(t)}, {int(p)}, {int(m)})" for t, p, m in sorted(touched))
         bucket = "intDiv(intDiv(at_ms, 1000), 60) * 60"
         sums = ", ".join(
             f"sumIf(weight, kind = '{kind}' AND family = '{family}' AND direction = '{direction}')"
             for kind in ("dossier", "feedback") for family in ("open", "overdue") for direction in ("entered", "left"))
         started = time.perf_counter()
-        self.store.execute(
-            f"INSERT INTO {self.store.table(LIFECYCLE_MINUTE.name)} ({', '.join(LIFECYCLE_MINUTE.columns)}) "
-            f"SELECT toDateTime({bucket}) AS window, province, agency, procedure_code, topic_id, source_partition, "
-            f"max(source_offset), {sums} FROM {self.store.table('lifecycle_edges')} FINAL "
-            f"WHERE at_ms >= {low * 1000} AND at_ms < {high * 1000} AND (topic_id, source_partition, {bucket}) IN ({keys}) "
-            f"GROUP BY window, province, agency, procedure_code, topic_id, source_partition")
+        for low, high, keys in bucket_chunks(touched):
+            self.store.execute(
+                f"INSERT INTO {self.store.table(LIFECYCLE_MINUTE.name)} ({', '.join(LIFECYCLE_MINUTE.columns)}) "
+                f"SELECT toDateTime({bucket}) AS window, province, agency, procedure_code, topic_id, source_partition, "
+                f"max(source_offset), {sums} FROM {self.store.table('lifecycle_edges')} FINAL "
+                f"WHERE at_ms >= {low * 1000} AND at_ms < {(high + 60) * 1000} "
+                f"AND (topic_id, source_partition, {bucket}) IN ({keys}) "
+                f"GROUP BY window, province, agency, procedure_code, topic_id, source_partition")
         stats = [(LIFECYCLE_MINUTE.name, len(touched), time.perf_counter() - started)]
         return stats + self.recompute_rollups(LIFECYCLE_MINUTE, touched)
 
@@ -276,11 +304,12 @@ class ClickHouseSink:
         """Forget the items closed before `before_offset` by a closing recorded before `before_record_ms`:
         no take-over will need them (a mutation: ClickHouse runs it in the background)."""
         source = f"topic_id = {quote(topic_id)} AND source_partition = {int(partition)}"
-        table = self.store.table("open_items")
-        self.store.execute(
-            f"ALTER TABLE {table} DELETE WHERE {source} AND source_offset < {int(before_offset)} AND (kind, item_id) IN "
-            f"(SELECT kind, item_id FROM {table} WHERE {source} AND closed AND source_offset < {int(before_offset)} "
-            f"AND record_ms < {int(before_record_ms)})")
+        for node in self.store.nodes():  # a mutation runs on the table holding the rows
+            table = node.local("open_items")
+            node.execute(
+                f"ALTER TABLE {table} DELETE WHERE {source} AND source_offset < {int(before_offset)} AND (kind, item_id) IN "
+                f"(SELECT kind, item_id FROM {table} WHERE {source} AND closed AND source_offset < {int(before_offset)} "
+                f"AND record_ms < {int(before_record_ms)})")
 
     def recompute_rollups(self, table: AggregateTable, touched: set) -> list:
         """Recompute the hour, day and month rows over the (topic id, partition, minute) given, each
@@ -295,17 +324,15 @@ class ClickHouseSink:
         columns = ", ".join(table.columns)
         for finer, coarser in zip(GRAINS, GRAINS[1:]):
             touched = {(topic_id, partition, coarser.bucket(window)) for topic_id, partition, window in touched}
-            low = min(bucket for _, _, bucket in touched)
-            high = coarser.next(max(bucket for _, _, bucket in touched))
-            keys = ", ".join(f"({quote(t)}, {int(p)}, {int(b)})" for t, p, b in sorted(touched))
             started = time.perf_counter()
-            self.store.execute(
-                f"INSERT INTO {self.store.table(grain_table(table, coarser))} ({columns}) "
-                f"SELECT toDateTime({coarser.bucket_sql}) AS bucket, {dims}, topic_id, source_partition, max(version), {sums} "
-                f"FROM {self.store.table(grain_table(table, finer))} FINAL "
-                f"WHERE window_start >= toDateTime({low}) AND window_start < toDateTime({high}) "
-                f"AND (topic_id, source_partition, {coarser.bucket_sql}) IN ({keys}) "
-                f"GROUP BY bucket, {dims}, topic_id, source_partition")
+            for low, high, keys in bucket_chunks(touched):
+                self.store.execute(
+                    f"INSERT INTO {self.store.table(grain_table(table, coarser))} ({columns}) "
+                    f"SELECT toDateTime({coarser.bucket_sql}) AS bucket, {dims}, topic_id, source_partition, max(version), "
+                    f"{sums} FROM {self.store.table(grain_table(table, finer))} FINAL "
+                    f"WHERE window_start >= toDateTime({low}) AND window_start < toDateTime({coarser.next(high)}) "
+                    f"AND (topic_id, source_partition, {coarser.bucket_sql}) IN ({keys}) "
+                    f"GROUP BY bucket, {dims}, topic_id, source_partition")
             stats.append((grain_table(table, coarser), len(touched), time.perf_counter() - started))
         return stats
 
@@ -350,9 +377,8 @@ class ClickHouseSink:
         found = {}
         source = f"topic_id = {quote(topic_id)} AND source_partition = {int(partition)}"
         tuple_sql = f"(toUInt32(window_start), {', '.join(table.dimensions)})"
-        for start in range(0, len(keys), 500):
-            chunk = keys[start:start + 500]
-            values = ", ".join("(" + ", ".join(quote(v) for v in key) + ")" for key in chunk)
+        literals = ["(" + ", ".join(quote(v) for v in key) + ")" for key in keys]
+        for _, values in literal_lists(literals):
             found.update(self._select_rows(table, f"{source} AND {tuple_sql} IN ({values})"))
         return found
 

@@ -14,6 +14,8 @@ Readers use FINAL (or argMax by version) and sum across partitions.
 
 from __future__ import annotations
 
+import re
+
 from opscentre.clickhouse import Store
 from opscentre.measures import LIFECYCLE_COUNTERS, SECURITY_COUNTERS, SERVICE_COUNTERS
 
@@ -30,11 +32,12 @@ from .clickhouse_sink import (
 # Partitions of the rollup tables: a month of hours, a year of days, all months in one.
 _ROLLUP_PARTITIONS = {"hour": "toYYYYMM(window_start)", "day": "toYear(window_start)", "month": "tuple()"}
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 ITEM_VIEWS_SINCE = 3  # the version that added them; databases older than it are backfilled
 REDACTED_SINCE = 5  # rejected_events keeps no personal identifier from this version on
 ROLLUPS_SINCE = 6  # hour, day and month rows; databases older than it are filled from their minute rows
 LIFECYCLE_SINCE = 7  # lifecycle edges and counts; older databases are filled once from their events (below)
+ITEM_HISTORY_SINCE = 8  # item_events, one item's events by id; older databases are filled once
 
 # What the overdue tracker loads (streams.overdue): receipts by due time and closings by item, kept
 # by materialized views from service_events, so that loading the items due in the next hour, or a
@@ -71,6 +74,11 @@ WHERE lc_open_entered != 0 OR lc_open_left != 0 OR lc_overdue_entered != 0 OR lc
 OPEN_ITEMS_VIEW = f"""SELECT topic_id, source_partition, {_KIND} AS kind, item_id, {_CLOSINGS} AS closed, source_offset,
        item_index, occurred_ms, due_ms, record_ms, province, agency, procedure_code
 FROM {{source}} WHERE {_RECEIPTS} OR {_CLOSINGS}"""
+
+# One dossier's or feedback item's events, ordered by its id: a drill-down reads its own rows, not the history.
+ITEM_HISTORY_VIEW = """SELECT item_id, event_type, occurred_ms, due_ms, province, agency, procedure_code, service_level,
+       channel, result, on_time, method, amount_vnd, satisfied, topic_id, source_partition, source_offset, item_index
+FROM {source} WHERE item_id != ''"""
 
 # Accepted ids by arrival (see seen_event_ids), kept by ClickHouse from the raw tables instead of
 # inserted beside them: the writer encodes each id once, not twice (schema 4; earlier workers
@@ -109,7 +117,7 @@ _ALERT_COPY = ("alert_id, type, kind, item_id, item_ref, province, agency, proce
                "published, published_offset, topic_id, source_partition, source_offset")
 
 
-def _alerts_with_status(store: Store, version: tuple[int, ...]) -> None:
+def _alerts_with_status(store: Store, version: tuple[int, ...]) -> None:  # a single server
     """alerts was keyed by item alone before resolutions (schema 7): rebuilt keyed by item and status,
     its rows firing. Workers must be stopped meanwhile (README, "Upgrades")."""
     (key,) = store.query(f"SELECT sorting_key FROM system.tables WHERE database = '{store.database}' "
@@ -369,6 +377,28 @@ ORDER BY (province, agency, procedure_code, window_start, topic_id, source_parti
 ) ENGINE = MergeTree
 PARTITION BY source_partition
 ORDER BY (topic_id, source_partition, kind, item_id, source_offset)""",
+        f"""CREATE TABLE IF NOT EXISTS {db}.item_events (
+    item_id String,
+    event_type {lc},
+    occurred_ms UInt64,
+    due_ms UInt64,
+    province {lc},
+    agency {lc},
+    procedure_code {lc},
+    service_level {lc},
+    channel {lc},
+    result {lc},
+    on_time UInt8,
+    method {lc},
+    amount_vnd UInt64,
+    satisfied Nullable(UInt8),
+    topic_id {lc},
+    source_partition UInt16,
+    source_offset UInt64,
+    item_index Int32
+) ENGINE = ReplacingMergeTree
+PARTITION BY toYYYYMM(toDateTime(intDiv(occurred_ms, 1000)))
+ORDER BY (item_id, occurred_ms, topic_id, source_partition, source_offset, item_index)""",
         f"""CREATE TABLE IF NOT EXISTS {db}.schema_migrations (
     version UInt32,
     applied_at DateTime('UTC') DEFAULT now()
@@ -378,12 +408,15 @@ ORDER BY version""",
 
 
 def _add_columns(store: Store, table: str, columns: dict) -> None:
-    """Columns a table created by an earlier version lacks (18.16 has no ADD COLUMN IF NOT EXISTS)."""
-    have = {name for (name,) in store.query(
-        f"SELECT name FROM system.columns WHERE database = '{store.database}' AND table = '{table}'")}
-    for name, kind in columns.items():
-        if name not in have:
-            store.execute(f"ALTER TABLE {store.table(table)} ADD COLUMN {name} {kind}")
+    """Columns a table created by an earlier version lacks (18.16 has no ADD COLUMN IF NOT EXISTS); on a
+    cluster, on every node, the local table and the Distributed one."""
+    for node in store.nodes():
+        for name in ((table + "_local", table) if store.cluster else (table,)):
+            have = {column for (column,) in node.query(
+                f"SELECT name FROM system.columns WHERE database = '{node.database}' AND table = '{name}'")}
+            for column, kind in columns.items():
+                if column not in have:
+                    node.execute(f"ALTER TABLE {node.table(name)} ADD COLUMN {column} {kind}")
 
 
 def mark_columns(server_version: tuple[int, ...]) -> dict:
@@ -404,24 +437,34 @@ def rollup_statements(database: str, server_version: tuple[int, ...]) -> list[st
     return created
 
 
+_MATERIALIZED = (
+    *((view, target, "service_events", select) for view, (target, select) in ITEM_VIEWS.items()),
+    *((view, "seen_event_ids", source, _SEEN) for view, source in SEEN_VIEWS.items()),
+    ("lifecycle_edges_mv", "lifecycle_edges", "service_events", LIFECYCLE_EDGES_VIEW),
+    ("open_items_mv", "open_items", "service_events", OPEN_ITEMS_VIEW),
+    ("item_events_mv", "item_events", "service_events", ITEM_HISTORY_VIEW),
+)
+_TABLE_NAME = re.compile(r"CREATE TABLE IF NOT EXISTS \w+\.(\w+) \(")
+_ENGINE = re.compile(r"ENGINE = (\w*MergeTree)(?:\(([^)]*)\))?")
+
+
 def migrate(store: Store) -> int:
     """Create or upgrade the schema; returns the schema version. Safe to run twice."""
     version = store.server_version()
-    for sql in statements(store.database, version) + rollup_statements(store.database, version):
-        store.execute(sql)
-    for view, (target, select) in ITEM_VIEWS.items():
-        store.execute(f"CREATE MATERIALIZED VIEW IF NOT EXISTS {store.table(view)} TO {store.table(target)} AS "
-                      + select.format(source=store.table("service_events")))
-    for view, source in SEEN_VIEWS.items():
-        store.execute(f"CREATE MATERIALIZED VIEW IF NOT EXISTS {store.table(view)} TO {store.table('seen_event_ids')} AS "
-                      + _SEEN.format(source=store.table(source)))
+    created = statements(store.database, version) + rollup_statements(store.database, version)
+    if store.cluster:
+        _create_on_cluster(store, created)
+    else:
+        for sql in created:
+            store.execute(sql)
+    for view, target, source, select in _MATERIALIZED:
+        for node in store.nodes():
+            node.execute(f"CREATE MATERIALIZED VIEW IF NOT EXISTS {node.table(view)} TO {node.local(target)} AS "
+                         + select.format(source=node.local(source)))
     _add_columns(store, "rejected_events", {"original_bytes": "UInt32", "original_digest": "String"})
-    _alerts_with_status(store, version)
+    if not store.cluster:  # a cluster is created keyed by status already
+        _alerts_with_status(store, version)
     _add_columns(store, "service_events", mark_columns(version))
-    for view, target, select in (("lifecycle_edges_mv", "lifecycle_edges", LIFECYCLE_EDGES_VIEW),
-                                 ("open_items_mv", "open_items", OPEN_ITEMS_VIEW)):
-        store.execute(f"CREATE MATERIALIZED VIEW IF NOT EXISTS {store.table(view)} TO {store.table(target)} AS "
-                      + select.format(source=store.table("service_events")))
     applied = {int(v) for (v,) in store.query(f"SELECT version FROM {store.table('schema_migrations')}")}
     if ITEM_VIEWS_SINCE not in applied:
         # Events stored before the views existed are copied once. Events a worker stores meanwhile
@@ -432,13 +475,17 @@ def migrate(store: Store) -> int:
     # Rows stored before REDACTED_SINCE may hold identifiers in clear: their originals are dropped, and
     # the reasons that could repeat content are cut. Rows stored since always have a digest.
     (unredacted,) = store.query(f"SELECT count() FROM {store.table('rejected_events')} WHERE original_digest = ''")[0]
-    if int(unredacted):
-        store.execute(
-            f"ALTER TABLE {store.table('rejected_events')} UPDATE original = '', reason = multiIf("
+    for node in store.nodes() if int(unredacted) else ():
+        node.execute(
+            f"ALTER TABLE {node.local('rejected_events')} UPDATE original = '', reason = multiIf("
             "startsWith(reason, 'field \\'applicant_id\\''), 'field \\'applicant_id\\': (removed on upgrade)', "
             "position(reason, 'not a JSON event object') > 0, "
             "concat(substring(reason, 1, position(reason, 'not a JSON event object') + 22), ' (removed on upgrade)'), "
             "reason) WHERE original_digest = ''")
+    if ITEM_HISTORY_SINCE not in applied:
+        # Events stored before item_events existed are copied once (a repeat is one row: its key).
+        store.execute(f"INSERT INTO {store.table('item_events')} "
+                      + ITEM_HISTORY_VIEW.format(source=store.table("service_events") + " FINAL"))
     if ROLLUPS_SINCE not in applied:
         # Minute rows stored before the rollups existed: every bucket of theirs is computed once.
         sink = ClickHouseSink(store)
@@ -448,13 +495,49 @@ def migrate(store: Store) -> int:
                 sink.recompute_partition_rollups(table, topic_id, int(partition), 0)
     # LIFECYCLE_SINCE is recorded by streams.lifecycle.fill(), which computes the transitions of the
     # events a database already holds with the stream's rules; a database without events has none.
-    wanted = {ITEM_VIEWS_SINCE, REDACTED_SINCE, ROLLUPS_SINCE, SCHEMA_VERSION} - {LIFECYCLE_SINCE}
+    wanted = {ITEM_VIEWS_SINCE, REDACTED_SINCE, ROLLUPS_SINCE, ITEM_HISTORY_SINCE, SCHEMA_VERSION} - {LIFECYCLE_SINCE}
     if LIFECYCLE_SINCE not in applied and not int(
             store.query(f"SELECT count() FROM {store.table('service_events')}")[0][0]):
         wanted.add(LIFECYCLE_SINCE)
     missing = sorted(wanted - applied)
     record_migrations(store, missing)
     return SCHEMA_VERSION
+
+
+def _create_on_cluster(store: Store, created: list[str]) -> None:
+    """Every node gets the local tables (Replicated engines when a shard has replicas: ZooKeeper or
+    Keeper and the {shard} and {replica} macros), then the Distributed tables, sharded by source
+    partition, under the names the code reads and writes, then the views over them. Node by node,
+    not ON CLUSTER: two servers with a remote_servers section need no coordination service."""
+    nodes = store.nodes()
+    replicated = store.replicated()
+    tables = [(sql, _TABLE_NAME.search(sql).group(1)) for sql in created if _TABLE_NAME.search(sql)]
+    views = [sql for sql in created if sql.startswith("CREATE VIEW")]
+    for node in nodes:
+        node.execute(f"CREATE DATABASE IF NOT EXISTS {node.database}")
+        for sql, name in tables:
+            node.execute(_local_table(sql, name, node.database, replicated))
+    for node in nodes:
+        for sql, name in tables:
+            key = "source_partition" if "source_partition UInt16" in sql else "0"
+            node.execute(f"CREATE TABLE IF NOT EXISTS {node.table(name)} AS {node.local(name)} "
+                         f"ENGINE = Distributed({store.cluster}, {node.database}, {name}_local, {key})")
+        for sql in views:
+            node.execute(sql)
+
+
+def _local_table(sql: str, name: str, database: str, replicated: bool) -> str:
+    sql = sql.replace(f".{name} (", f".{name}_local (", 1)
+    if not replicated:
+        return sql
+
+    def engine(match: re.Match) -> str:
+        arguments = f"'/clickhouse/tables/{{shard}}/{database}/{name}', '{{replica}}'"
+        if match.group(2):
+            arguments += f", {match.group(2)}"
+        return f"ENGINE = Replicated{match.group(1)}({arguments})"
+
+    return _ENGINE.sub(engine, sql, count=1)
 
 
 def applied_migrations(store: Store) -> set:

@@ -99,6 +99,18 @@ _LIFECYCLE_EVENTS = frozenset({DossierReceived, DossierCompleted, DossierCancell
 PURGE_EVERY_S = 3600.0  # open items closed long enough ago leave ClickHouse's open_items this often
 
 
+_CHILDREN: dict = {}
+
+
+def _child(metric, *labels):
+    """A labelled child of a metric, looked up once: `labels()` costs ~2 µs, a record a few of them."""
+    key = (metric, labels)
+    child = _CHILDREN.get(key)
+    if child is None:
+        child = _CHILDREN[key] = metric.labels(*labels)
+    return child
+
+
 def _lifecycle_event(event, occurred_ms: int) -> tuple:
     """The event as streams.lifecycle takes it."""
     cls = type(event)
@@ -251,6 +263,8 @@ def _reason_label(reason: str) -> str:
         return "unknown_province"
     if "in the future" in reason:
         return "future"
+    if "-day retention" in reason:
+        return "before_retention"
     if "belongs on topic" in reason:
         return "wrong_topic"
     if ": missing" in reason:
@@ -265,7 +279,7 @@ class Processor:
         self.sink = sink
         self.topic_ids = topic_ids
         self.kinds = {settings.service_topic: "service", settings.security_topic: "security"}
-        self.validator = Validator(provinces, int(settings.max_future_s * 1000))
+        self.validator = Validator(provinces, int(settings.max_future_s * 1000), settings.retention_days)
         self.knows_agency = (catalogue or default_catalogue()).knows_agency
         self.pseudonymise = Pseudonymiser(pseudonym_key)
         self.horizon_ms = int(settings.dedup_horizon_s * 1000)
@@ -298,7 +312,7 @@ class Processor:
         if state is None or offset < state.next_offset or state.rebuild:
             state = self._take_over(topic, partition, offset, record_ms)
         state.next_offset = offset + 1
-        RECORDS.labels(topic).inc()
+        _child(RECORDS, topic).inc()
         already_stored = offset <= state.stored_through
         if already_stored:
             REPLAYED.inc()
@@ -569,7 +583,7 @@ class Processor:
         state.recent.remember(plan.hashes, plan.fresh, record_ms)
         self._count(plan.accepted, plan.duplicates, already_stored)
         for province, count in plan.unknown_agency.items():
-            UNKNOWN_AGENCY.labels(province).inc(count)
+            _child(UNKNOWN_AGENCY, province).inc(count)
 
     # -- overdue items -------------------------------------------------------------------
 
@@ -670,7 +684,7 @@ class Processor:
     def _count(accepted: dict, duplicates: int, already_stored: bool) -> None:
         # Metrics per record, not per event: a labelled increment costs more than an event's counting.
         for cls, count in accepted.items():
-            EVENTS_VALID.labels(cls.__struct_config__.tag).inc(count)
+            _child(EVENTS_VALID, cls.__struct_config__.tag).inc(count)
         if duplicates and not already_stored:
             DUPLICATES.inc(duplicates)
 

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from opscentre.embedded import EmbeddedBroker
-from tests.harness import ClickHouseServer, Pipeline, unique_name
+from tests.harness import ZOOKEEPER_JAR, ClickHouseServer, Pipeline, ZooKeeperServer, unique_name
 
 
 @pytest.fixture(scope="session")
@@ -49,6 +49,67 @@ def clickhouse_url(clickhouse_server):
 def pipeline(kafka_bootstrap, clickhouse_url, tmp_path):
     """Isolated topics, consumer group and database on the shared servers."""
     p = Pipeline(kafka_bootstrap, clickhouse_url, tmp_path)
+    try:
+        yield p
+    finally:
+        p.stop_all()
+
+
+@pytest.fixture(scope="session")
+def clickhouse_cluster():
+    """Two clickhouse-server 18.16 processes on loopback forming the two-shard cluster "opscentre"
+    (remote_servers only: no coordination service)."""
+    servers = [ClickHouseServer(), ClickHouseServer()]
+    for server in servers:
+        server.cluster = {"opscentre": [s.tcp_port for s in servers]}
+    try:
+        for server in servers:
+            server.start()
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
+
+
+@pytest.fixture
+def cluster_pipeline(kafka_bootstrap, clickhouse_cluster, tmp_path):
+    """A pipeline whose ClickHouse is the two-shard cluster (through its first node)."""
+    p = Pipeline(kafka_bootstrap, clickhouse_cluster[0].url(unique_name("c")), tmp_path)
+    p.env["OPSCENTRE_CLICKHOUSE_CLUSTER"] = "opscentre"
+    p.settings = p._settings()
+    try:
+        yield p
+    finally:
+        p.stop_all()
+
+
+@pytest.fixture(scope="session")
+def clickhouse_replicas():
+    """ZooKeeper and two clickhouse-server 18.16 processes: one shard of the cluster "opscentre", two
+    replicas (Replicated engines, internal replication)."""
+    if not os.path.exists(ZOOKEEPER_JAR):
+        pytest.skip("Debian's zookeeper is not installed")
+    zookeeper = ZooKeeperServer().start()
+    servers = [ClickHouseServer(), ClickHouseServer()]
+    for n, server in enumerate(servers):
+        server.replicas = [s.tcp_port for s in servers]
+        server.zookeeper_port = zookeeper.port
+        server.macros = {"shard": "01", "replica": f"r{n + 1}"}
+    try:
+        for server in servers:
+            server.start()
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
+        zookeeper.stop()
+
+
+@pytest.fixture
+def replicated_pipeline(kafka_bootstrap, clickhouse_replicas, tmp_path):
+    p = Pipeline(kafka_bootstrap, clickhouse_replicas[0].url(unique_name("r")), tmp_path)
+    p.env["OPSCENTRE_CLICKHOUSE_CLUSTER"] = "opscentre"
+    p.settings = p._settings()
     try:
         yield p
     finally:

@@ -31,6 +31,10 @@ class ClickHouseServer:
         self.http_port = free_port()
         self.interserver_port = free_port()
         self.process = None
+        self.cluster: dict = {}  # name -> the tcp ports of its shards (remote_servers), set before start()
+        self.replicas: list = []  # the tcp ports of one shard's replicas (remote_servers, internal replication)
+        self.zookeeper_port: int | None = None
+        self.macros: dict = {}  # {shard: ..., replica: ...}
 
     def start(self, timeout_s: float = 60.0) -> "ClickHouseServer":
         config = open("/etc/clickhouse-server/config.xml", encoding="utf-8").read()
@@ -49,6 +53,21 @@ class ClickHouseServer:
         }
         for pattern, value in replacements.items():
             config = re.sub(pattern, value, config)
+        if self.cluster:
+            shards = "".join(
+                f"<{name}>" + "".join(f"<shard><replica><host>127.0.0.1</host><port>{port}</port></replica></shard>"
+                                      for port in ports) + f"</{name}>"
+                for name, ports in self.cluster.items())
+            config = re.sub(r"(<remote_servers[^>]*>)", r"\1" + shards, config, count=1)
+        if self.replicas:
+            replicas = "".join(f"<replica><host>127.0.0.1</host><port>{port}</port></replica>" for port in self.replicas)
+            shard = f"<opscentre><shard><internal_replication>true</internal_replication>{replicas}</shard></opscentre>"
+            config = re.sub(r"(<remote_servers[^>]*>)", r"\1" + shard, config, count=1)
+        if self.zookeeper_port:
+            config = re.sub(r"<zookeeper incl=[^>]*/>", "<zookeeper><node><host>127.0.0.1</host>"
+                            f"<port>{self.zookeeper_port}</port></node></zookeeper>", config)
+            config = re.sub(r"<macros incl=[^>]*/>", "<macros>" + "".join(
+                f"<{key}>{value}</{key}>" for key, value in self.macros.items()) + "</macros>", config)
         # Loopback only, IPv4 (the machine may lack IPv6).
         config = re.sub(r"<listen_host>[^<]*</listen_host>", "", config)
         config = config.replace("<tcp_port>", "<listen_host>127.0.0.1</listen_host>\n    <tcp_port>", 1)
@@ -172,7 +191,7 @@ class Pipeline:
     def store(self):
         from opscentre.clickhouse import connect
 
-        return connect(self.settings.clickhouse)
+        return connect(self.settings.require_clickhouse())
 
     def wait_for(self, predicate, timeout_s: float = 90.0, what: str = "condition") -> None:
         deadline = time.monotonic() + timeout_s
@@ -189,3 +208,32 @@ class Pipeline:
             time.sleep(0.5)
         logs = "\n".join(w.log() for w in self.workers)
         raise AssertionError(f"timed out waiting for {what} (last error: {last_error})\n{logs}")
+
+
+ZOOKEEPER_JAR = "/usr/share/java/zookeeper.jar"
+
+
+class ZooKeeperServer:
+    """Debian's ZooKeeper 3.8, standalone, in a temporary directory (for ClickHouse replication)."""
+
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="opscentre-zk-")
+        self.port = free_port()
+        self.process = None
+
+    def start(self, timeout_s: float = 60.0) -> "ZooKeeperServer":
+        with open(f"{self.dir}/zoo.cfg", "w", encoding="utf-8") as handle:
+            handle.write(f"tickTime=500\ndataDir={self.dir}/data\nclientPort={self.port}\n"
+                         "clientPortAddress=127.0.0.1\nadmin.enableServer=false\n")
+        self.process = subprocess.Popen(
+            ["java", "-cp", f"{ZOOKEEPER_JAR}:/usr/share/java/*", f"-Dzookeeper.log.dir={self.dir}",
+             "org.apache.zookeeper.server.quorum.QuorumPeerMain", f"{self.dir}/zoo.cfg"],
+            stdout=subprocess.DEVNULL, stderr=open(f"{self.dir}/stderr.log", "wb"), cwd=self.dir)
+        wait_for_port(self.port, timeout_s, self.process, f"{self.dir}/stderr.log")
+        return self
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(20)
+        shutil.rmtree(self.dir, ignore_errors=True)

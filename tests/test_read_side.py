@@ -127,6 +127,27 @@ def test_lifecycle_counts_equal_the_views_across_a_kill_and_a_replay(pipeline):
                 assert lifecycle_count(store, t_ms, interval, None, by_agency) == expected, (t_ms, interval, by_agency)
                 checked += sum(expected.values())
     assert checked > 10_000  # the instants are not all empty
+    # Drill-down: the items overdue now, per province and agency, as the view lists them; one item's history.
+    from dashboards.drilldown import item_history, overdue_items
+
+    now_ms = int(time.time() * 1000)
+    listed = store.query(f"SELECT province, agency, dossier_id FROM {store.table('dossier_lifecycle')} WHERE received "
+                         f"AND due_ms < {now_ms} AND NOT completed AND NOT cancelled")
+    provinces = {province for province, _, _ in listed}
+    assert len(provinces) > 3
+    for province in provinces:
+        got = overdue_items(store, now_ms, province)
+        assert sorted(item["item_id"] for item in got) == sorted(d for p, _, d in listed if p == province)
+        assert [item["due_ms"] for item in got] == sorted(item["due_ms"] for item in got)
+        agency = got[0]["agency"]
+        assert sorted(i["item_id"] for i in overdue_items(store, now_ms, province, agency)) == sorted(
+            d for p, a, d in listed if p == province and a == agency)
+    sent = [e for e in workload.unique_valid(late) if e.get("dossier_id") == listed[0][2]]
+    history = item_history(store, listed[0][2])
+    assert sorted((h["occurred_ms"], h["event_type"]) for h in history) == sorted(
+        (_ms(e["occurred_at"]), e["event_type"]) for e in sent)
+    assert [h["occurred_ms"] for h in history] == sorted(h["occurred_ms"] for h in history)
+
     # Closings of items received in the run were counted, in every order they came.
     edges = dict(store.query(f"SELECT family, count() FROM {store.table('lifecycle_edges')} FINAL "
                              "WHERE direction = 'left' GROUP BY family"))

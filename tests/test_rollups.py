@@ -92,3 +92,41 @@ def test_rollups_are_the_sums_of_minute_rows_on_chdb(tmp_path):
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def _fill_sparse(store, minutes=20_000):
+    """One write touching `minutes` distinct minutes: a backfill of sparse history."""
+    from opscentre.settings import Settings
+    from streams.processor import Processor
+
+    migrate(store)
+    settings = Settings(topic_prefix="r")
+    processor = Processor(settings, {settings.service_topic: "ts", settings.security_topic: "tz"},
+                          ClickHouseSink(store), b"k", ["%02d" % i for i in range(100)],
+                          clock=lambda: 1_795_000_000.0)
+    start_ms = 1_790_000_000_000 // 60_000 * 60_000
+    events = [{"event_id": f"sparse-{i}", "event_type": "dossier.received", "occurred_at": start_ms + i * 60_000,
+               "province": "01", "agency": "SYT", "source": "dvc-01", "dossier_id": f"HS-{i}",
+               "procedure_code": "1.001613", "service_level": "full_online", "channel": "online",
+               "due_at": start_ms + i * 60_000 + 3_600_000} for i in range(minutes)]
+    for offset, first in enumerate(range(0, minutes, 2_000)):
+        processor.process(settings.service_topic, 0, offset, 1_794_999_000_000, json.dumps(events[first:first + 2_000]).encode())
+    processor.flush()
+    return minutes
+
+
+def _check_sparse(store, minutes) -> None:
+    for grain in GRAINS:
+        rows, received = store.query(
+            f"SELECT count(), sum(dossiers_received) FROM {store.table(grain_table(SERVICE_MINUTE, grain))} FINAL")[0]
+        assert int(received) == minutes, (grain.name, rows, received)
+        entered = store.query(f"SELECT sum(dossiers_open_entered) FROM {store.table('lifecycle_' + grain.name)} FINAL")[0][0]
+        assert int(entered) == minutes, (grain.name, entered)
+
+
+@pytest.mark.integration
+def test_a_write_touching_twenty_thousand_minutes_fits_the_query_size_of_clickhouse_18(clickhouse_url):
+    # Each recompute lists the minutes it touches: 20,000 of them once made a statement over
+    # 18.16's 256 KiB max_query_size, and the worker retried that write forever.
+    store = connect(clickhouse_url)
+    _check_sparse(store, _fill_sparse(store))

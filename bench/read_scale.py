@@ -1,0 +1,161 @@
+"""The read side at growing history: every question the CLI asks, timed after each step of history.
+
+History is the simulator's traffic (`--rate 10`, no pacing: a virtual month is ~7 million events),
+loaded through the real `opscentre worker` into one ClickHouse 18.16 server, in steps, ending an
+hour before now. Each step runs on a fresh Tansu broker (its memory holds only the step) and
+continues the virtual clock where the last one stopped. After each step every question is asked
+--repeat times (the median is printed), through the same functions the CLI uses.
+
+    python bench/read_scale.py [--steps 5,10,20,35,50] [--repeat 3] [--rate 10]   # millions of events
+
+Prints one table: stored service events, disk, and each question's time in ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from dashboards.drilldown import item_history, overdue_items  # noqa: E402
+from dashboards.kpi import kpis, lifecycle_count  # noqa: E402
+from dashboards.scorecard import scorecard  # noqa: E402
+from opscentre.clickhouse import connect  # noqa: E402
+from opscentre.embedded import EmbeddedBroker  # noqa: E402
+from opscentre.kafka import ensure_topics  # noqa: E402
+from opscentre.local import scrape  # noqa: E402
+from producers.batching import BatchingProducer  # noqa: E402
+from producers.simulator import simulate  # noqa: E402
+from tests.harness import ClickHouseServer, Pipeline  # noqa: E402
+
+UTC = dt.timezone.utc
+EVENTS_PER_VIRTUAL_S = 3.45  # at --rate 10 with office hours (a virtual week measured); corrected by the first step
+OLD_WAY_UP_TO = 12_000_000  # the lifecycle view groups every event: asked only while history is small
+
+
+def load_step(server: ClickHouseServer, database: str, start_ms: int, end_ms: int, rate: float, seed: int) -> int:
+    """The simulator's events of [start, end) through a worker into ClickHouse; returns events stored."""
+    broker = EmbeddedBroker().start()
+    pipeline = Pipeline(broker.bootstrap, server.url(database), Path(tempfile.mkdtemp()))
+    try:
+        ensure_topics(pipeline.settings)
+        producer = BatchingProducer(pipeline.settings)
+        sent = simulate(producer, rate, (end_ms - start_ms) / 1000, seed, start_ms, paced=False)
+        producer.close()
+        worker = pipeline.start_worker()
+        deadline = time.monotonic() + 3600
+        while time.monotonic() < deadline:
+            metrics = scrape(worker.metrics_port)
+            if metrics.get("opscentre_stream_events_valid_total", 0) >= sent and not metrics.get(
+                    "opscentre_stream_consumer_lag", 1):
+                break
+            if not worker.running():
+                raise RuntimeError(worker.log())
+            time.sleep(2)
+        time.sleep(5)  # the last snapshot
+        worker.stop()
+        return sent
+    finally:
+        pipeline.stop_all()
+        broker.stop()
+
+
+def questions(store, end_ms: int, history_start_ms: int, stored: int) -> dict:
+    """name -> a call asking it, as the CLI or a board would at `end_ms`."""
+    end = dt.datetime.fromtimestamp(end_ms / 1000, UTC)
+    hour_ago, day_start = end - dt.timedelta(hours=1), end.replace(hour=0, minute=0, second=0, microsecond=0)
+    month_ago, week_ago = end - dt.timedelta(days=30), end - dt.timedelta(days=7)
+    year_ago = end - dt.timedelta(days=365)
+    settings_like = type("Targets", (), {name: 0.9 for name in (
+        "target_processing_on_time", "target_on_time", "target_full_online", "target_online_payment",
+        "target_feedback_on_time", "target_satisfied")})()
+    item = store.query(f"SELECT item_id FROM {store.table('item_events')} WHERE event_type = 'dossier.completed' LIMIT 1")
+    asked = {
+        "kpi all, last hour": lambda: kpis(store, "all", hour_ago, end),
+        "kpi 01, last hour": lambda: kpis(store, "01", hour_ago, end),
+        "kpi 01, today": lambda: kpis(store, "01", day_start, end),
+        "kpi all, 30 days": lambda: kpis(store, "all", month_ago, end),
+        "kpi all, a year": lambda: kpis(store, "all", year_ago, end),
+        "scorecard 01, 30 days": lambda: scorecard(store, settings_like, "01", month_ago, end),
+        "scorecard 01, 7 days": lambda: scorecard(store, settings_like, "01", week_ago, end),
+        "overdue open now, by agency": lambda: lifecycle_count(store, end_ms, "dossiers_overdue", None, True),
+        "carried over 30 days ago": lambda: lifecycle_count(store, int(month_ago.timestamp() * 1000),
+                                                            "dossiers_open", None, True),
+        "overdue list, 01 UBND-XA": lambda: overdue_items(store, end_ms, "01", "UBND-XA"),
+        "one dossier's history": lambda: item_history(store, item[0][0] if item else "none"),
+    }
+    if stored <= OLD_WAY_UP_TO:
+        asked["(before) overdue open, lifecycle view"] = lambda: store.query(
+            f"SELECT province, agency, count() FROM {store.table('dossier_lifecycle')} WHERE received AND due_ms < "
+            f"{end_ms} AND NOT (completed AND completed_ms < {end_ms}) AND NOT (cancelled AND cancelled_ms < {end_ms}) "
+            "GROUP BY province, agency")
+    return asked
+
+
+def timed(call, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def disk_mib(store) -> float:
+    (size,) = store.query(f"SELECT sum(bytes_on_disk) FROM system.parts WHERE database = '{store.database}' AND active")[0]
+    return int(size or 0) / 2**20
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", default="5,10,20,35,50", help="stored service events after each step, millions")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--rate", type=float, default=10.0)
+    args = parser.parse_args()
+    targets = [int(float(x) * 1_000_000) for x in args.steps.split(",")]
+    server = ClickHouseServer().start()
+    database = "readscale"
+    store = connect(server.url(database))
+    rows, names = [], None
+    try:
+        per_virtual_s = EVENTS_PER_VIRTUAL_S * args.rate / 10
+        total_virtual_s = targets[-1] / per_virtual_s
+        end_ms = int((time.time() - 3600) * 1000)
+        clock_ms = end_ms - int(total_virtual_s * 1000)
+        history_start_ms, loaded = clock_ms, 0
+        for step, target in enumerate(targets):
+            remaining_steps_s = (end_ms - clock_ms) / 1000
+            step_s = min(remaining_steps_s, (target - loaded) / per_virtual_s) if step < len(targets) - 1 \
+                else remaining_steps_s
+            started = time.monotonic()
+            sent = load_step(server, database, clock_ms, clock_ms + int(step_s * 1000), args.rate, seed=100 + step)
+            loading_s = time.monotonic() - started
+            clock_ms += int(step_s * 1000)
+            loaded += sent
+            per_virtual_s = max(0.1, sent / step_s) if step == 0 else per_virtual_s
+            (service,) = store.query(f"SELECT count() FROM {store.table('service_events')}")[0]
+            asked = questions(store, clock_ms, history_start_ms, int(service))
+            names = names or list(asked)
+            times = {name: timed(call, args.repeat) * 1000 for name, call in asked.items()}
+            rows.append((int(service), disk_mib(store), loading_s, times))
+            print(f"step {step + 1}: {int(service):,} service events, {disk_mib(store):,.0f} MiB, loaded in "
+                  f"{loading_s:,.0f} s; " + ", ".join(f"{k} {v:.0f} ms" for k, v in times.items()), flush=True)
+    finally:
+        server.stop()
+    print("\n| question | " + " | ".join(f"{events / 1e6:.1f} M" for events, *_ in rows) + " |")
+    print("|---|" + "---|" * len(rows))
+    print("| disk, MiB | " + " | ".join(f"{mib:,.0f}" for _, mib, _, _ in rows) + " |")
+    for name in names:
+        cells = [f"{times[name]:,.0f}" if name in times else "–" for *_, times in rows]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""One item's history, and the items of an agency overdue now: queries bounded by the item or by the
+backlog, never by the stored history.
+
+- `item_history` reads `item_events`, ordered by item id.
+- `overdue_items` reads `open_items`, which holds the items still open (and the ones closed in the
+  last hour or so: the worker purges the others), and takes each one's pseudonym from `alerts`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from opscentre.clickhouse import Store, quote
+
+HISTORY_COLUMNS = ("event_type", "occurred_ms", "due_ms", "province", "agency", "procedure_code", "service_level",
+                   "channel", "result", "on_time", "method", "amount_vnd", "satisfied", "source_partition",
+                   "source_offset")
+
+
+def item_history(store: Store, item_id: str) -> list[dict]:
+    """Every stored event of one dossier or feedback item (payments included), oldest first."""
+    rows = store.query(
+        f"SELECT {', '.join(HISTORY_COLUMNS)} FROM {store.table('item_events')} FINAL "
+        f"WHERE item_id = {quote(item_id)} ORDER BY occurred_ms, source_offset")
+    return [dict(zip(HISTORY_COLUMNS, row)) for row in rows]
+
+
+def overdue_items(store: Store, at_ms: int, province: str, agency: str | None = None, kind: str = "dossier",
+                  limit: int = 1000) -> list[dict]:
+    """Items received, not closed, due before `at_ms`, longest overdue first: (item_id, item_ref: the
+    pseudonym boards show, agency, procedure_code, due_ms, hours_overdue)."""
+    position = "source_offset * 100000 + item_index"
+    scope = f"kind = {quote(kind)} AND province = {quote(province)}" + (
+        "" if agency is None else f" AND agency = {quote(agency)}")
+    rows = store.query(
+        f"SELECT o.item_id, a.item_ref, o.agency, o.procedure_code, o.due_ms FROM ("
+        f"SELECT kind, item_id, argMinIf(agency, {position}, NOT closed) AS agency, "
+        f"argMinIf(procedure_code, {position}, NOT closed) AS procedure_code, "
+        f"argMinIf(due_ms, {position}, NOT closed) AS due_ms FROM {store.table('open_items')} "
+        f"WHERE (kind, item_id) IN (SELECT kind, item_id FROM {store.table('open_items')} WHERE NOT closed AND {scope}) "
+        f"GROUP BY kind, item_id HAVING countIf(closed) = 0 AND due_ms < {int(at_ms)}) AS o "
+        f"ANY LEFT JOIN (SELECT kind, item_id, any(item_ref) AS item_ref FROM {store.table('alerts')} "
+        f"WHERE status = 'firing' AND {scope} GROUP BY kind, item_id) AS a USING (kind, item_id) "
+        f"ORDER BY o.due_ms, o.item_id LIMIT {int(limit)}")
+    return [{"item_id": item_id, "item_ref": item_ref or None, "agency": agency, "procedure_code": procedure,
+             "due_ms": int(due), "hours_overdue": round((int(at_ms) - int(due)) / 3_600_000, 1)}
+            for item_id, item_ref, agency, procedure, due in rows]
+
+
+def format_history(item_id: str, events: list[dict]) -> str:
+    if not events:
+        return f"no stored events for {item_id}"
+    lines = [f"{item_id}: {len(events)} events"]
+    for e in events:
+        when = dt.datetime.fromtimestamp(e["occurred_ms"] / 1000, dt.timezone.utc).isoformat(timespec="seconds")
+        detail = ", ".join(f"{key} {e[key]}" for key in ("procedure_code", "service_level", "channel", "result", "method")
+                           if e[key])
+        due = "" if not e["due_ms"] else " due " + dt.datetime.fromtimestamp(
+            e["due_ms"] / 1000, dt.timezone.utc).isoformat(timespec="seconds")
+        lines.append(f"  {when}  {e['event_type']:<20} {e['province']} {e['agency']}{due}  {detail}")
+    return "\n".join(lines)
+
+
+def format_overdue(items: list[dict]) -> str:
+    if not items:
+        return "nothing overdue"
+    lines = [f"{'dossier':<24} {'pseudonym':<16} {'agency':<10} {'procedure':<12} {'due (UTC)':<20} hours overdue"]
+    for item in items:
+        due = dt.datetime.fromtimestamp(item["due_ms"] / 1000, dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
+        lines.append(f"{item['item_id']:<24} {(item['item_ref'] or '–')[:16]:<16} {item['agency']:<10} "
+                     f"{item['procedure_code']:<12} {due:<20} {item['hours_overdue']:,.1f}")
+    return "\n".join(lines)
