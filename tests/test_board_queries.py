@@ -18,7 +18,8 @@ the default one, read-only, the plugin's max_execution_time).
    several ranges and provinces (every agency of one province, All included) shows what
    `opscentre kpi --json` and `opscentre scorecard --json` print for the same period: counts
    equal, shares the same double those commands round (round(x, 4) equal, and x equal to the
-   counts' quotient), the longest-overdue dossiers those of the lifecycle view.
+   counts' quotient), the longest-overdue dossiers those of the lifecycle view (and of
+   `opscentre overdue` for a range ending now).
 """
 
 from __future__ import annotations
@@ -305,11 +306,11 @@ def overdue_reference(store, province: str, at_ms: int, limit: int = 20) -> list
         f"AND NOT ((l.completed AND l.completed_ms < {at_ms}) OR (l.cancelled AND l.cancelled_ms < {at_ms}))")
     refs = dict(store.query(f"SELECT item_id, any(item_ref) FROM {store.table('alerts')} FINAL WHERE kind = 'dossier' "
                             "AND status = 'firing' GROUP BY item_id"))
-    found = sorted((int(due), refs.get(item, ""), agency, procedure) for item, agency, procedure, due in rows)
-    return [(ref, agency, procedure, (at_ms - due) / 3_600_000) for due, ref, agency, procedure in found[:limit]]
+    found = sorted((int(due), item, refs.get(item, ""), agency, procedure) for item, agency, procedure, due in rows)
+    return [(ref, agency, procedure, (at_ms - due) / 3_600_000) for due, _, ref, agency, procedure in found[:limit]]
 
 
-def check_province_board(panels, province, span, kpi, card, last_hour, month_card, store) -> int:
+def check_province_board(panels, province, span, kpi, card, last_hour, month_card, store, listed) -> int:
     k = kpi.get(province) or {}
     variables = {"province": Variable(province, list(PROVINCES))}
     get = lambda key: k.get(key, 0)
@@ -359,6 +360,10 @@ def check_province_board(panels, province, span, kpi, card, last_hour, month_car
     at_ms = int(span[1].timestamp()) * 1000  # overdue at the range's end
     assert [(r["item_ref"], r["agency"], r["procedure_code"], r["hours_overdue"]) for r in overdue] == \
         overdue_reference(store, province, at_ms)
+    if listed is not None:  # the range ends now: `opscentre overdue` lists the same, in the same order
+        assert [(r["item_ref"] or None, r["agency"], r["procedure_code"], round(r["hours_overdue"], 1))
+                for r in overdue] == [(i["item_ref"], i["agency"], i["procedure_code"], i["hours_overdue"])
+                                      for i in listed[:len(overdue)]]
     return len(ranked) + len(shown) + len(overdue)
 
 
@@ -521,17 +526,22 @@ def test_the_boards_show_what_kpi_and_scorecard_print(pipeline):
     processes |= {("scorecard", p, key): cli(pipeline, "scorecard", "--province", p, "--from", iso(a), "--to", iso(b),
                                              "--json")
                   for p in provinces for key, (a, b) in {**board_ranges, "this month": own["this month"]}.items()}
+    processes |= {("overdue", p): cli(pipeline, "overdue", "--province", p, "--at", iso(now), "--json")
+                  for p in provinces}
     results = printed(processes)
+    overdue_now = {key[1]: rows for key, rows in results.items() if key[0] == "overdue"}
     kpi = {key[1]: {row["province"]: row for row in rows} for key, rows in results.items() if key[0] == "kpi"}
     cards = {key[1:]: rows for key, rows in results.items() if key[0] == "scorecard"}
+    assert all(overdue_now.values())
 
     store = pipeline.store()
     panels = Panels(BoardReader(pipeline.env["OPSCENTRE_CLICKHOUSE"]), now)
     checked = 0
     for key, span in board_ranges.items():
         for province in provinces:
+            listed = overdue_now[province] if span[1] == now else None
             checked += check_province_board(panels, province, span, kpi[key], cards[(province, key)],
-                                            kpi["last hour"], cards[(province, "this month")], store)
+                                            kpi["last hour"], cards[(province, "this month")], store, listed)
             check_feedback_and_security(panels, province, span, kpi[key], cards[(province, key)], kpi["last hour"],
                                         store)
         card = cards[("01", key)]

@@ -192,7 +192,8 @@ def longest_overdue(name: str, where: str, agency_name: str, procedure_name: str
     """The dossiers overdue at `to` that have waited longest, from `open_items` (the backlog, not
     the history): an item with a receipt and no closing before `to`, due before it; its due time,
     agency and procedure from its first receipt. Shown by pseudonym (the alert's item_ref), never
-    by dossier id."""
+    by dossier id. At `to` = now, `opscentre overdue` (dashboards/drilldown.py) lists the same, in
+    the same order."""
     first = "source_offset * 100000 + item_index"
     return named(name, f"""SELECT item_ref, agency, {agency_name} AS agency_name, procedure_code,
        {procedure_name} AS procedure_name, ({TO} * 1000 - due_ms) / 3600000 AS hours_overdue,
@@ -202,7 +203,8 @@ FROM (
            argMinIf(province, {first}, NOT closed) AS province, argMinIf(agency, {first}, NOT closed) AS agency,
            argMinIf(procedure_code, {first}, NOT closed) AS procedure_code
     FROM open_items
-    WHERE kind = 'dossier'
+    WHERE kind = 'dossier' AND (kind, item_id) IN (
+        SELECT kind, item_id FROM open_items WHERE kind = 'dossier' AND NOT closed AND {where})
     GROUP BY kind, item_id
     HAVING countIf(NOT closed) > 0 AND countIf(closed AND occurred_ms < {TO} * 1000) = 0 AND due_ms < {TO} * 1000
 ) AS overdue
@@ -211,7 +213,7 @@ ANY LEFT JOIN (
     WHERE kind = 'dossier' AND status = 'firing' GROUP BY kind, item_id
 ) AS refs USING (kind, item_id)
 WHERE {where}
-ORDER BY due_ms, item_ref
+ORDER BY due_ms, item_id
 LIMIT {limit}""")
 
 
