@@ -16,8 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from opscentre.events import HIGH_SEVERITY
-
 from . import sql
 from .sql import FROM, TO, Measure, share
 
@@ -356,11 +354,3 @@ def backlog(name: str, where: str, intervals: dict[str, str]) -> str:
     )
 )
 ORDER BY time""")
-
-
-def severity_columns(names: dict[int, str]) -> dict[str, str]:
-    """`sev_<n>` -> alerts of severity n, per security bucket row."""
-    return {f"sev_{n}": f"sumIf(alerts, severity = {n})" for n in names}
-
-
-HIGH = HIGH_SEVERITY

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from grafana_foundation_sdk.builders.common import ReduceDataOptions
 
+from opscentre.events import HIGH_SEVERITY
 from opscentre.settings import Settings
 
 from .. import kpi_sql, sql
@@ -117,7 +118,7 @@ def build(texts: Texts, settings: Settings):
     def top(key: str, column: str, title: str, header: str, description: str):
         raw = (f"occurred_at >= toDateTime(greatest({sql.FROM}, {sql.TO} - {RAW_HOURS * 3600})) "
                f"AND occurred_at < toDateTime({sql.TO}) AND {column} != '' AND {where}")
-        sql_text = (f"SELECT {column} AS {key}, sum(count) AS alerts, sumIf(count, severity >= {kpi_sql.HIGH}) "
+        sql_text = (f"SELECT {column} AS {key}, sum(count) AS alerts, sumIf(count, severity >= {HIGH_SEVERITY}) "
                     f"AS high_or_critical, sumIf(count, action = 'blocked') AS blocked, max(occurred_at) AS last_seen\n"
                     f"FROM security_events FINAL\nWHERE {raw}\nGROUP BY {key}\n"
                     f"ORDER BY alerts DESC, {key}\nLIMIT 10")
