@@ -60,6 +60,23 @@ class Config:
     forwarder_failing_for_s: float
     post_failures: int  # failed posts to Alertmanager in 5 minutes
 
+    # The KPI targets the boards colour by and their Grafana rules alert on (shares, 0-1).
+    target_processing_on_time: float
+    target_on_time: float
+    target_full_online: float  # provinces, this year
+    target_full_online_national: float
+    target_online_payment: float
+    target_feedback_on_time: float
+    target_satisfied: float
+    # The Grafana rules on the KPIs.
+    kpi_min_items: int
+    overdue_growth_window_s: float
+    overdue_growth: int
+    security_baseline_days: int
+    security_factor: float
+    security_min_alerts: int
+    security_team: str
+
     # Prometheus: host:port, or dns+name:port for every address the name resolves to.
     worker_targets: tuple[str, ...]
     forwarder_targets: tuple[str, ...]
@@ -115,6 +132,20 @@ class Config:
             watermark_stall_s=s.alert_watermark_stall_s,
             forwarder_failing_for_s=s.alert_forwarder_failing_for_s,
             post_failures=s.alert_post_failures,
+            target_processing_on_time=s.target_processing_on_time,
+            target_on_time=s.target_on_time,
+            target_full_online=s.target_full_online,
+            target_full_online_national=s.target_full_online_national,
+            target_online_payment=s.target_online_payment,
+            target_feedback_on_time=s.target_feedback_on_time,
+            target_satisfied=s.target_satisfied,
+            kpi_min_items=s.alert_kpi_min_items,
+            overdue_growth_window_s=s.alert_overdue_growth_window_s,
+            overdue_growth=s.alert_overdue_growth,
+            security_baseline_days=s.alert_security_baseline_days,
+            security_factor=s.alert_security_factor,
+            security_min_alerts=s.alert_security_min_alerts,
+            security_team=s.alert_security_team,
             worker_targets=_targets("prometheus_worker_targets", s.prometheus_worker_targets),
             forwarder_targets=_targets("prometheus_forwarder_targets", s.prometheus_forwarder_targets),
             alertmanagers=_targets("prometheus_alertmanagers", s.prometheus_alertmanagers),

@@ -17,7 +17,8 @@ from opscentre.events import HIGH_SEVERITY
 from opscentre.measures import SERVICE_COUNTERS
 from sinks.clickhouse_sink import GRAINS, LIFECYCLE_MINUTE, SECURITY_MINUTE, SERVICE_MINUTE, grain_table
 
-_RAW_SERVICE = {
+# Each service counter over raw service_events rows (the partial minutes at a period's ends).
+RAW_SERVICE = {
     "events": "count()",
     "dossiers_received": "countIf(event_type = 'dossier.received')",
     "dossiers_received_full_online": "countIf(event_type = 'dossier.received' AND service_level = 'full_online')",
@@ -36,13 +37,14 @@ _RAW_SERVICE = {
     "documents_sent": "countIf(event_type = 'document.exchanged' AND direction = 'sent')",
     "documents_received": "countIf(event_type = 'document.exchanged' AND direction = 'received')",
 }
-assert tuple(_RAW_SERVICE) == SERVICE_COUNTERS
+assert tuple(RAW_SERVICE) == SERVICE_COUNTERS
 
 SECURITY_KEYS = ("security_alerts", "security_alerts_high_or_critical", "security_alerts_blocked")
-_MINUTE_SECURITY = (
+# The security keys over bucket rows (security_minute, _hour, ...) and over raw security_events rows.
+BUCKET_SECURITY = (
     "sum(alerts)", f"sumIf(alerts, severity >= {HIGH_SEVERITY})", "sumIf(alerts, action = 'blocked')",
 )
-_RAW_SECURITY = (
+RAW_SECURITY = (
     "sum(count)", f"sumIf(count, severity >= {HIGH_SEVERITY})", "sumIf(count, action = 'blocked')",
 )
 
@@ -144,7 +146,7 @@ def counters(store: Store, period: Period, province: str | None, by_agency: bool
     queries = []  # (SQL, keys)
     families = [(SERVICE_MINUTE, [f"sum({name})" for name in SERVICE_COUNTERS], SERVICE_COUNTERS)]
     if not by_agency:
-        families.append((SECURITY_MINUTE, list(_MINUTE_SECURITY), SECURITY_KEYS))
+        families.append((SECURITY_MINUTE, list(BUCKET_SECURITY), SECURITY_KEYS))
     for table, expressions, keys in families:
         parts = [
             f"SELECT {group}, {', '.join(expressions)} FROM {store.table(grain_table(table, grain))} FINAL "
@@ -155,10 +157,10 @@ def counters(store: Store, period: Period, province: str | None, by_agency: bool
             queries.append((" UNION ALL ".join(parts), keys))
     for a_ms, b_ms in period.edges:
         edge = f"{_raw_range(a_ms, b_ms)}{where_province}"
-        queries.append((f"SELECT {group}, {', '.join(_RAW_SERVICE.values())} FROM {store.table('service_events')} FINAL "
+        queries.append((f"SELECT {group}, {', '.join(RAW_SERVICE.values())} FROM {store.table('service_events')} FINAL "
                         f"WHERE {edge} GROUP BY {group}", SERVICE_COUNTERS))
         if not by_agency:
-            queries.append((f"SELECT {group}, {', '.join(_RAW_SECURITY)} FROM {store.table('security_events')} FINAL "
+            queries.append((f"SELECT {group}, {', '.join(RAW_SECURITY)} FROM {store.table('security_events')} FINAL "
                             f"WHERE {edge} GROUP BY {group}", SECURITY_KEYS))
     for sql, keys in queries:
         for row in store.query(sql):

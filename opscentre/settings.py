@@ -124,14 +124,18 @@ class Settings:
     target_online_payment: float = _setting(0.50, share=True)
     target_feedback_on_time: float = _setting(0.90, share=True)
     target_satisfied: float = _setting(0.80, share=True)
+    # Fully online, national level (the national board): 80% in 2025 (CONTRACT §2).
+    target_full_online_national: float = _setting(0.80, share=True)
     data_dir: str = "./var"
     # Grafana boards (dashboards/grafana): the language of their text, the data sources they are
     # provisioned with (the password goes to Grafana as ${OPSCENTRE_GRAFANA_CLICKHOUSE_PASSWORD},
     # never written out), and the token `dashboards push` authenticates with.
     dashboard_language: str = _setting("vi", choices=("vi", "en"))
+    dashboard_province: str = "01"  # the province the boards open on (a code of the province list)
     grafana_clickhouse: str = "clickhouse://grafana@clickhouse:9000/opscentre"
     grafana_clickhouse_password: str | None = _setting(None, secret=True)
     grafana_prometheus: str = "http://prometheus:9090"
+    grafana_alertmanager: str = "http://alertmanager:9093"  # where Grafana sends its alert rules' alerts
     grafana_dashboards_path: str = "/var/lib/grafana/dashboards"  # where Grafana reads the board files
     grafana_token: str | None = _setting(None, secret=True)
     # Alerting (dashboards/config.py): thresholds of the pipeline's Prometheus rules ...
@@ -151,6 +155,14 @@ class Settings:
     alert_forwarder_failing_for_s: float = _setting(300.0, minimum=1.0)
     alert_post_failures: int = _setting(5, minimum=1)
     runbook_url: str = "dashboards/runbook.md"
+    # ... the boards' Grafana-managed rules on the KPIs (dashboards/grafana/alert_rules.py) ...
+    alert_kpi_min_items: int = _setting(20, minimum=1)  # completions (received) below which no share is judged
+    alert_overdue_growth_window_s: float = _setting(21600.0, minimum=600.0)
+    alert_overdue_growth: int = _setting(10, minimum=1)  # overdue dossiers gained over the window
+    alert_security_baseline_days: int = _setting(7, minimum=1)
+    alert_security_factor: float = _setting(3.0, minimum=1.0)  # times the usual hourly level
+    alert_security_min_alerts: int = _setting(20, minimum=1)  # high/critical alerts in the hour, at least
+    alert_security_team: str = "security"  # the `team` label of the security rule (a team of the teams file)
     alert_pipeline_team: str = "platform"
     # ... Prometheus's scrape targets (compose service names: dns+ finds every replica) ...
     prometheus_worker_job: str = "opscentre-worker"
@@ -184,7 +196,7 @@ class Settings:
     alert_dashboard_url: str | None = None
 
     @classmethod
-    def from_env(cls) -> "Settings":
+    def from_env(cls) -> Settings:
         for old, new in RENAMED.items():
             if _env(old, None) is not None:
                 raise SettingsError(f"{old} is replaced by {new}")
@@ -207,7 +219,7 @@ class Settings:
                 raise SettingsError(f"{name}: one of {', '.join(choices)}, got {values[setting.name]!r}")
         return cls(**values)
 
-    def with_overrides(self, **changes) -> "Settings":
+    def with_overrides(self, **changes) -> Settings:
         known = {f.name for f in fields(self)}
         return replace(self, **{k: v for k, v in changes.items() if k in known})
 

@@ -7,8 +7,12 @@
 - every PromQL expression runs on a real Prometheus 2.42 scraping the project's real metric
   definitions, without error, and returns series where the metrics exist;
 - `dashboards push` against a small HTTP server standing in for Grafana's HTTP API (the endpoints
-  grafana-client calls for health, plugins, folders, data sources and dashboards): created,
-  then unchanged on a second push, nothing written by --dry-run, one-line errors.
+  grafana-client calls for health, plugins, folders, data sources, dashboards, alert rules and
+  their groups, and the alerting settings): created, then unchanged on a second push, nothing
+  written by --dry-run, one-line errors.
+
+The ClickHouse queries of the boards run in tests/test_board_queries.py, the alert rules' file
+and routing in tests/test_board_alert_rules.py.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ from grafana_foundation_sdk.builders import dashboard as dashboard_builders
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models.dashboard import Dashboard
 
+from dashboards.config import Config
+from dashboards.grafana import alert_rules
 from dashboards.grafana.boards import BOARDS
 from dashboards.grafana.common import (
     FOLDERS,
@@ -55,7 +61,12 @@ from dashboards.grafana.common import (
     value_texts,
     with_rows,
 )
-from dashboards.grafana.datasources import CLICKHOUSE_UID, PROMETHEUS_UID, datasources
+from dashboards.grafana.datasources import (
+    ALERTMANAGER_UID,
+    CLICKHOUSE_UID,
+    PROMETHEUS_UID,
+    datasources,
+)
 from dashboards.grafana.i18n import Texts
 from dashboards.grafana.plugin import (
     CLICKHOUSE_PLUGIN_ID,
@@ -90,6 +101,12 @@ def dashboard_validator() -> jsonschema.Draft7Validator:
     # with -Infinity on load). The schema notes "Nulls currently appear here" yet types it number.
     # test_only_base_steps_are_null checks null appears nowhere else.
     schema["definitions"]["Threshold"]["properties"]["value"]["type"] = ["number", "null"]
+    # And a second, for what the schema's generator narrowed: Grafana's dashboard kind (CUE) declares
+    # an override's `DynamicConfigValue.value?: _` and `MatcherConfig.options?: _` (any value: a unit
+    # is a string, decimals a number, byName's option the field's name), and so does the SDK's model
+    # (typing.Optional[object]); the JSON schema renders `_` as an object. Only these two open up.
+    schema["definitions"]["DynamicConfigValue"]["properties"]["value"] = {}
+    schema["definitions"]["MatcherConfig"]["properties"]["options"] = {}
     jsonschema.Draft7Validator.check_schema(schema)
     return jsonschema.Draft7Validator(schema)
 
@@ -184,7 +201,8 @@ def test_the_helpers_for_clickhouse_boards_validate(language):
 def test_only_base_steps_are_null(board):
     for path, value in walk(render(board, settings())):
         if value is None:
-            assert path[-4:-2] == ("thresholds", "steps") and path[-2] == 0 and path[-1] == "value", path
+            # a panel's thresholds, or an override's (properties [{"id": "thresholds", "value": {...}}])
+            assert path[-4] in ("thresholds", "value") and path[-3:] == ("steps", 0, "value"), path
 
 
 @pytest.mark.parametrize("board", BOARDS, ids=lambda board: board.uid)
@@ -226,9 +244,13 @@ SAME_IN_BOTH = {"ClickHouse", "Worker", "Topic", "p50", "p99", "{{topic}}", "{{e
 
 
 def human_texts(board_json: dict) -> dict:
+    """The texts a person reads, by path; the choices of a variable are data (province names), not
+    the board's words."""
     texts = {}
     for path, value in walk(board_json):
         key = path[-1]
+        if path[:1] == ("templating",) and len(path) > 3 and path[3] in ("options", "current"):
+            continue
         in_organize = len(path) >= 2 and path[-2] == "renameByName"
         if isinstance(value, str) and (key in HUMAN_TEXT or in_organize):
             texts[path] = value
@@ -355,7 +377,8 @@ def test_the_tree_parses_and_holds_no_secret(tmp_path):
     sources = yaml.safe_load(files["grafana/provisioning/datasources/opscentre.yml"])
     assert sources["apiVersion"] == 1
     by_uid = {source["uid"]: source for source in sources["datasources"]}
-    assert set(by_uid) == {CLICKHOUSE_UID, PROMETHEUS_UID}
+    assert set(by_uid) == {CLICKHOUSE_UID, PROMETHEUS_UID, ALERTMANAGER_UID}
+    assert by_uid[ALERTMANAGER_UID]["jsonData"] == {"implementation": "prometheus", "handleGrafanaManagedAlerts": True}
     assert by_uid[CLICKHOUSE_UID]["type"] == CLICKHOUSE_PLUGIN_ID
     assert by_uid[CLICKHOUSE_UID]["secureJsonData"] == {"password": "${OPSCENTRE_GRAFANA_CLICKHOUSE_PASSWORD}"}
     for source in sources["datasources"]:
@@ -396,7 +419,8 @@ def test_build_owns_its_directory(tmp_path):
     build(out, Settings())
     assert (out / MARKER).exists() and (out / "grafana/dashboards/Vận hành hệ thống").is_dir()
     build(out, settings(dashboard_language="en"))  # the Vietnamese folder must not linger beside the English
-    assert sorted(p.name for p in (out / "grafana/dashboards").iterdir()) == ["Platform"]
+    assert sorted(p.name for p in (out / "grafana/dashboards").iterdir()) == ["Information security", "Operations",
+                                                                              "Platform"]
     assert not list(tmp_path.glob(".*building"))
 
 
@@ -415,7 +439,7 @@ def _metric_definitions():
     from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
     import producers.batching  # noqa: F401  (declare the metrics)
-    import sinks.alertmanager  # noqa: F401
+    import sinks.alertmanager
     import sinks.clickhouse_sink  # noqa: F401
     import streams.app
     import streams.processor  # noqa: F401
@@ -566,6 +590,9 @@ class FakeGrafana:
         self.datasources: dict[str, dict] = {}
         self.secrets: dict[str, dict] = {}
         self.dashboards: dict[str, dict] = {}
+        self.rules: dict[str, dict] = {}
+        self.rule_groups: dict[tuple[str, str], int] = {}  # (folder uid, group) -> interval (s)
+        self.admin_config: dict | None = None
         self.writes: list[tuple[str, str]] = []
         self.plugins = [{"id": "prometheus", "type": "datasource", "info": {"version": "11.6.0"}}]
         if with_plugin:
@@ -606,6 +633,9 @@ class FakeGrafana:
             def do_PUT(self):
                 self._handle("PUT")
 
+            def do_DELETE(self):
+                self._handle("DELETE")
+
         self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
@@ -638,6 +668,23 @@ class FakeGrafana:
                     return 200, self._save_datasource(body)
                 return 200, self.datasources[parts[2]]
             return not_found
+        if parts[:3] == ["v1", "provisioning", "alert-rules"]:
+            return self._alert_rule(method, parts[3] if len(parts) > 3 else None, body)
+        if parts[:3] == ["v1", "provisioning", "folder"] and parts[4:5] == ["rule-groups"]:
+            key = (parts[3], parts[5])
+            if key not in self.rule_groups:
+                return 404, {"message": "rule group does not exist"}
+            if method == "PUT":
+                self.rule_groups[key] = body["interval"]
+            rules = [rule for rule in self.rules.values() if (rule["folderUID"], rule["ruleGroup"]) == key]
+            return 200, {"title": key[1], "folderUid": key[0], "interval": self.rule_groups[key], "rules": rules}
+        if parts == ["v1", "ngalert", "admin_config"]:
+            if method == "POST":
+                self.admin_config = body
+                return 201, {"message": "admin configuration updated"}
+            if self.admin_config is None:
+                return 404, {"message": "no admin configuration available"}
+            return 200, self.admin_config
         if parts == ["dashboards", "db"] and method == "POST":
             previous = self.dashboards.get(body["dashboard"]["uid"])
             stored = {**body["dashboard"], "id": 7, "version": previous["dashboard"]["version"] + 1 if previous else 1}
@@ -647,6 +694,22 @@ class FakeGrafana:
         if parts[:2] == ["dashboards", "uid"] and parts[2] in self.dashboards:
             return 200, self.dashboards[parts[2]]
         return not_found
+
+    def _alert_rule(self, method, uid, body):
+        # Grafana's alerting provisioning API: a rule made through it has provenance "api"; a new
+        # rule makes its group, evaluated every minute until the group's interval is set.
+        if method == "POST" and uid is None:
+            if body.get("folderUID") not in self.folders:
+                return 400, {"message": "folder does not exist"}
+            stored = {**body, "id": len(self.rules) + 1, "provenance": "api", "updated": "2026-01-01T00:00:00Z"}
+            self.rules[body["uid"]] = stored
+            self.rule_groups.setdefault((body["folderUID"], body["ruleGroup"]), 60)
+            return 201, stored
+        if uid not in self.rules:
+            return 404, {"message": "rule not found"}
+        if method == "PUT":
+            self.rules[uid] = {**self.rules[uid], **body}
+        return 200, self.rules[uid]
 
     def _save_datasource(self, body):
         secrets = body.pop("secureJsonData", None) or {}
@@ -673,12 +736,27 @@ def run_push(grafana, dry_run=False, **changes):
     return lines, notes
 
 
+FOLDERS_USED = len({board.folder.uid for board in BOARDS})
+RULES = alert_rules.rules(Config.from_settings(Settings()))
+GROUPS = alert_rules.group_intervals()
+PUSHED = FOLDERS_USED + 3 + len(BOARDS) + len(RULES) + len(GROUPS)  # and the alerting setting, updated
+
+
 def test_push_creates_everything_then_changes_nothing(grafana):
     lines, notes = run_push(grafana)
     assert not notes
-    assert lines[-1] == f"push: created {1 + 2 + len(BOARDS)}, updated 0, 0 unchanged"
+    assert lines[-1] == f"push: created {PUSHED}, updated 1, 0 unchanged"
     assert any(line.startswith("folder") and "opscentre-platform" in line and line.endswith("created") for line in lines)
-    assert set(grafana.datasources) == {CLICKHOUSE_UID, PROMETHEUS_UID}
+    assert set(grafana.datasources) == {CLICKHOUSE_UID, PROMETHEUS_UID, ALERTMANAGER_UID}
+    assert grafana.datasources[ALERTMANAGER_UID]["jsonData"]["handleGrafanaManagedAlerts"] is True
+    assert grafana.admin_config == {"alertmanagersChoice": "external"}
+    config = Config.from_settings(Settings())
+    assert {uid: rule["title"] for uid, rule in grafana.rules.items()} == {rule.uid: rule.title for rule in RULES}
+    for rule in RULES:
+        stored = grafana.rules[rule.uid]
+        assert {k: stored[k] for k in alert_rules.api_rule(rule, config)} == alert_rules.api_rule(rule, config)
+        assert stored["folderUID"] == rule.folder.uid
+    assert grafana.rule_groups == GROUPS
     assert grafana.secrets[CLICKHOUSE_UID] == {"password": "ch-password"}
     assert grafana.datasources[CLICKHOUSE_UID]["jsonData"] == datasources(Settings())[0].json_data
     for board in BOARDS:
@@ -690,7 +768,7 @@ def test_push_creates_everything_then_changes_nothing(grafana):
     lines, _ = run_push(grafana)
     assert len(grafana.writes) == writes, "a second push wrote to Grafana"
     assert all(line.endswith("unchanged") for line in lines[:-1])
-    assert lines[-1] == f"push: Grafana already matches the boards ({3 + len(BOARDS)} unchanged), nothing to change"
+    assert lines[-1] == f"push: Grafana already matches the boards ({PUSHED + 1} unchanged), nothing to change"
 
 
 def test_push_updates_only_what_differs(grafana):
@@ -699,7 +777,7 @@ def test_push_updates_only_what_differs(grafana):
     lines, _ = run_push(grafana, dashboard_language="en", grafana_prometheus="http://prometheus.internal:9090")
     assert "updated (url)" in next(line for line in lines if PROMETHEUS_UID in line)
     assert next(line for line in lines if CLICKHOUSE_UID in line).endswith("unchanged")
-    assert "updated (was 'Vận hành hệ thống')" in next(line for line in lines if line.startswith("folder"))
+    assert "updated (was 'Vận hành hệ thống')" in next(line for line in lines if "opscentre-platform" in line)
     assert grafana.dashboards["opscentre-pipeline"]["dashboard"]["title"] == "Data pipeline"
     assert grafana.dashboards["opscentre-pipeline"]["dashboard"]["version"] == 2
     assert ("PUT", f"/api/datasources/uid/{PROMETHEUS_UID}") in grafana.writes
@@ -710,7 +788,8 @@ def test_push_updates_only_what_differs(grafana):
 def test_dry_run_changes_nothing(grafana):
     lines, _ = run_push(grafana, dry_run=True)
     assert grafana.writes == [] and not grafana.folders and not grafana.datasources and not grafana.dashboards
-    assert all(line.endswith("would be created") for line in lines[:-1])
+    assert all("would be created" in line for line in lines[:-2])
+    assert lines[-2].startswith("alerting") and lines[-2].endswith("would be updated (was 'all')")
     assert lines[-1].endswith("Grafana was not changed")
     run_push(grafana)
     lines, _ = run_push(grafana, dry_run=True, dashboard_language="en")
@@ -728,6 +807,26 @@ def test_push_leaves_provisioned_objects_to_their_files(grafana):
         run_push(grafana, dashboard_language="en")
     lines, _ = run_push(grafana)  # provisioned and equal: nothing to do, no error
     assert lines[-1].startswith("push: Grafana already matches")
+
+
+def test_push_updates_a_changed_rule_and_leaves_file_provisioned_rules_alone(grafana):
+    run_push(grafana)
+    grafana.writes.clear()
+    lines, _ = run_push(grafana, target_on_time=0.9)
+    assert "updated (data, annotations)" in next(line for line in lines if "opscentre-agency-on-time" in line)
+    # the boards that colour by the target change too; of the rules, only that one
+    rule_writes = [write for write in grafana.writes if "alert-rules" in write[1]]
+    assert rule_writes == [("PUT", "/api/v1/provisioning/alert-rules/opscentre-agency-on-time")]
+    threshold = grafana.rules["opscentre-agency-on-time"]["data"][2]["model"]["conditions"][0]["evaluator"]
+    assert threshold == {"params": [0.9], "type": "lt"}
+    grafana.rules["opscentre-agency-on-time"]["provenance"] = "file"
+    with pytest.raises(PushError, match="alert rule opscentre-agency-on-time is provisioned from files"):
+        run_push(grafana, target_on_time=0.85)
+    grafana.rule_groups[("opscentre-operations", "opscentre-kpi")] = 60  # changed in Grafana
+    lines, _ = run_push(grafana, target_on_time=0.9)
+    assert "rule group opscentre-kpi" in next(line for line in lines if line.startswith("rule group") and "updated"
+                                              in line)
+    assert grafana.rule_groups[("opscentre-operations", "opscentre-kpi")] == 300
 
 
 def test_push_notes_another_plugin_version():
@@ -776,3 +875,8 @@ def test_push_errors_are_one_line(case, message):
     assert result.stderr.startswith("opscentre dashboards: ")
     assert message.format(port=port, url=fake.url) in result.stderr
     assert fake.writes == []
+
+
+def test_the_default_province_is_one_of_the_list():
+    with pytest.raises(SettingsError, match="OPSCENTRE_DASHBOARD_PROVINCE: '99' is not a code of the province list"):
+        render(next(board for board in BOARDS if board.uid == "opscentre-province"), settings(dashboard_province="99"))

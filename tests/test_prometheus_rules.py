@@ -19,6 +19,7 @@ import yaml
 from dashboards.alerts import prometheus_rules
 from dashboards.alerts.files import dump
 from dashboards.config import Config
+from dashboards.grafana import alert_rules
 from opscentre.measures import END_TO_END_BUCKETS
 from opscentre.settings import Settings, SettingsError
 
@@ -175,8 +176,8 @@ def test_the_latency_objective_is_a_bucket_of_the_worker_histogram():
 def test_the_runbook_has_a_section_for_every_alert():
     config = Config.from_settings(Settings())
     headings = re.findall(r"^## (\S+)\s*$", RUNBOOK.read_text(encoding="utf-8"), flags=re.MULTILINE)
-    names = prometheus_rules.alert_names(config)
-    assert sorted(headings) == sorted(names)
+    names = prometheus_rules.alert_names(config) + [rule.title for rule in alert_rules.rules(config)]
+    assert sorted(headings) == sorted(names)  # the pipeline's rules and the boards' (Grafana)
     for rules in prometheus_rules.alerting_rules(config).values():
         for rule in rules:
             assert rule["annotations"]["runbook_url"] == "dashboards/runbook.md#" + rule["alert"].lower()
@@ -185,5 +186,6 @@ def test_the_runbook_has_a_section_for_every_alert():
 def test_the_readme_lists_every_alert():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     paging = readme.split("\n## Paging\n", 1)[1].split("\n## ", 1)[0]
-    for name in prometheus_rules.alert_names(Config.from_settings(Settings())):
+    config = Config.from_settings(Settings())
+    for name in prometheus_rules.alert_names(config) + [rule.title for rule in alert_rules.rules(config)]:
         assert f"`{name}`" in paging, name

@@ -209,6 +209,28 @@ def _describe(panel, title: str, description: str, width: int, height: int):
     return panel.description(description) if description else panel
 
 
+def field_property(name: str, value) -> dashboard_models.DynamicConfigValue:
+    """One field setting of an override (`unit`, `custom.lineStyle`, ...)."""
+    return dashboard_models.DynamicConfigValue(id_val=name, value=value)
+
+
+def rename_field(field_name: str, shown: str) -> dashboard_models.DataTransformerConfig:
+    """Show a series or column under another name. A transformation, not a displayName override,
+    so that table overrides and data links can keep the field's own name."""
+    return dashboard_models.DataTransformerConfig(id_val="renameByRegex", options={"regex": f"^{field_name}$",
+                                                                                    "renamePattern": shown})
+
+
+def with_options(panel, *, links: Sequence[Builder] = (), time_from: str | None = None):
+    """Links in the panel's header (to another board) and a time range of its own (`1h`: the last
+    hour; `now/d`: today so far; `now/M`: this month so far), whatever the board's range."""
+    if links:
+        panel = panel.links(list(links))
+    if time_from:
+        panel = panel.time_from(time_from)
+    return panel
+
+
 def stat_panel(title: str, queries: Sequence[Builder], *, unit: str, thresholds=None, description: str = "",
                mappings: list | None = None, width: int = 4, height: int = 4, decimals: int | None = None,
                calc: str = "lastNotNull") -> stat.Panel:
@@ -289,15 +311,37 @@ def bar_gauge_panel(title: str, queries: Sequence[Builder], *, unit: str, thresh
 
 def table_panel(title: str, queries: Sequence[Builder], *, columns: Mapping[str, str], unit: str = "",
                 description: str = "", width: int = 12, height: int = 8,
-                transformations: Sequence[dashboard_models.DataTransformerConfig] = ()) -> table.Panel:
+                transformations: Sequence[dashboard_models.DataTransformerConfig] = (),
+                units: Mapping[str, str] | None = None, decimals: Mapping[str, int] | None = None,
+                colours: Mapping[str, Builder] | None = None,
+                data_links: Sequence[Builder] = ()) -> table.Panel:
     """A table whose `columns` (field name -> header, in order) are the only ones shown.
 
     Several queries are joined on their common labels first (the `merge` transformation).
+    `units`, `decimals` and `colours` (thresholds, shown as the cell's background) are per field
+    name; Grafana matches them on the header the field is shown under. `data_links` open from a
+    row: `${__data.fields.<field>}` is that row's value.
     """
     panel = table.Panel().cell_height(common_models.TableCellHeight.SM).show_header(True)
     if unit:
         panel = panel.unit(unit)
     panel = _describe(panel, title, description, width, height)
+    for name in columns:
+        properties = []
+        if units and name in units:
+            properties.append(dashboard_models.DynamicConfigValue(id_val="unit", value=units[name]))
+        if decimals and name in decimals:
+            properties.append(dashboard_models.DynamicConfigValue(id_val="decimals", value=decimals[name]))
+        if colours and name in colours:
+            properties += [
+                dashboard_models.DynamicConfigValue(id_val="thresholds", value=colours[name].build()),
+                dashboard_models.DynamicConfigValue(id_val="color", value={"mode": "thresholds"}),
+                dashboard_models.DynamicConfigValue(id_val="custom.cellOptions", value={"type": "color-background"}),
+            ]
+        if properties:
+            panel = panel.override_by_name(columns[name], properties)
+    if data_links:
+        panel = panel.data_links(list(data_links))
     chain = list(transformations)
     if len(queries) > 1:
         chain.insert(0, dashboard_models.DataTransformerConfig(id_val="merge", options={}))
@@ -367,8 +411,8 @@ def _escape(item: str) -> str:
     return item.replace(",", "\\,")
 
 
-def custom_variable(name: str, label: str, choices: Mapping[str, str], *, default: str | None = None
-                    ) -> dashboard_builders.CustomVariable:
+def custom_variable(name: str, label: str, choices: Mapping[str, str], *, default: str | None = None,
+                    include_all: bool = False, multi: bool = False) -> dashboard_builders.CustomVariable:
     """A fixed list of (value -> text shown) choices, e.g. a province list read from the settings."""
     options = [dashboard_models.VariableOption(text=text, value=value, selected=value == default)
                for value, text in choices.items()]
@@ -378,6 +422,8 @@ def custom_variable(name: str, label: str, choices: Mapping[str, str], *, defaul
         # Grafana's custom list: comma-separated "text : value" pairs, a literal comma as "\\,".
         .values(",".join(f"{_escape(text)} : {_escape(value)}" for value, text in choices.items()))
         .options(options)
+        .multi(multi)
+        .include_all(include_all)
     )
     if default is not None:
         variable = variable.current(dashboard_models.VariableOption(text=choices[default], value=default,

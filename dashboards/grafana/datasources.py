@@ -19,6 +19,7 @@ from .plugin import CLICKHOUSE_PLUGIN_ID, clickhouse_json_data
 
 CLICKHOUSE_UID = "opscentre-clickhouse"
 PROMETHEUS_UID = "opscentre-prometheus"
+ALERTMANAGER_UID = "opscentre-alertmanager"
 # Grafana's $__rate_interval is four scrape intervals at least: it must know the interval.
 PROMETHEUS_SCRAPE_INTERVAL = "15s"
 
@@ -63,5 +64,11 @@ def datasources(settings: Settings) -> list[DataSource]:
         DataSource(
             uid=PROMETHEUS_UID, name="opscentre Prometheus", type="prometheus", url=settings.grafana_prometheus,
             json_data={"httpMethod": "POST", "timeInterval": PROMETHEUS_SCRAPE_INTERVAL},
+        ),
+        # The Alertmanager that Prometheus and the forwarder post to: Grafana sends the boards' alert
+        # rules there too (handleGrafanaManagedAlerts, through API v2), so one routing tree pages.
+        DataSource(
+            uid=ALERTMANAGER_UID, name="opscentre Alertmanager", type="alertmanager", url=settings.grafana_alertmanager,
+            json_data={"implementation": "prometheus", "handleGrafanaManagedAlerts": True},
         ),
     ]

@@ -36,6 +36,7 @@ _UNITS: dict[str, dict[str, str]] = {
     "count": {"vi": units.LocaleFormat, "en": units.LocaleFormat},
     "short": {"vi": units.Short, "en": units.Short},
     "share": {"vi": units.PercentUnit, "en": units.PercentUnit},
+    "hours": {"vi": "h", "en": "h"},
 }
 
 

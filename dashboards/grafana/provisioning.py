@@ -2,6 +2,7 @@
 
     DIR/grafana/provisioning/datasources/opscentre.yml   mount DIR/grafana/provisioning
     DIR/grafana/provisioning/dashboards/opscentre.yml      at /etc/grafana/provisioning
+    DIR/grafana/provisioning/alerting/opscentre.yml        (the KPI alert rules: alert_rules.py)
     DIR/grafana/dashboards/<folder title>/<uid>.json     mount at /var/lib/grafana/dashboards
                                                          (or OPSCENTRE_GRAFANA_DASHBOARDS_PATH)
 
@@ -21,6 +22,8 @@ import yaml
 
 from opscentre.settings import Settings
 
+from ..alerts import files
+from . import alert_rules
 from .boards import BOARDS
 from .common import Folder, render, to_json
 from .datasources import datasources, secret_variable
@@ -109,7 +112,25 @@ def write_boards(out_dir: Path, settings: Settings) -> list[Path]:
     return written
 
 
-WRITERS: list[Writer] = [write_datasources, write_dashboard_providers, write_boards]
+def write_alert_rules(out_dir: Path, settings: Settings) -> list[Path]:
+    """Grafana's alerting file: the rule groups, each in its folder (by title, as files name them).
+
+    Written as they are, not through _literal: Grafana reads a query's model and the annotations
+    raw (their `$__toTime` and `{{ $labels.agency }}` must stay) and expands $VAR in the other
+    fields (pkg/services/provisioning/alerting/rules_types.go), which hold no `$`."""
+    groups = alert_rules.file_groups(settings)
+    for group in groups:
+        for rule in group["rules"]:
+            expanded = [group["name"], group["folder"], rule["title"], rule["uid"], *rule["labels"].values()]
+            if any("$" in value for value in expanded):
+                raise BuildError(f"alert rule {rule['uid']}: a '$' where Grafana would expand it")
+    path = out_dir / "grafana/provisioning/alerting/opscentre.yml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(HEADER + files.dump({"apiVersion": 1, "groups": groups}), encoding="utf-8")  # SQL as blocks
+    return [path]
+
+
+WRITERS: list[Writer] = [write_datasources, write_dashboard_providers, write_boards, write_alert_rules]
 
 
 def _check_out(out_dir: Path) -> None:

@@ -1,11 +1,16 @@
-"""`opscentre dashboards push --grafana URL [--dry-run]`: folders, data sources and boards into a
-running Grafana through its HTTP API, by uid, printing what changed.
+"""`opscentre dashboards push --grafana URL [--dry-run]`: folders, data sources, boards and the
+KPI alert rules into a running Grafana through its HTTP API, by uid, printing what changed.
 
 Uses grafana-client, the maintained successor of grafana-api (no release since 2020, no
 alerting API). Each object is read first and written only if it differs from what `build`
 would provision, so a second push changes nothing and says so; --dry-run only reads.
 Grafana never returns a data source's password: a data source whose other fields match and
 that has a password is left alone, so a changed password alone is not pushed.
+
+Alert rules go through the alerting provisioning API (/api/v1/provisioning/alert-rules), then
+their groups' evaluation intervals; Grafana is set to send its alerts to the external
+Alertmanager only (/api/v1/ngalert/admin_config), so its own Alertmanager notifies no one and the
+one routing tree decides. Rules provisioned from files are refused, like boards.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from grafana_client.client import (
 
 from opscentre.settings import Settings
 
+from ..config import Config
+from . import alert_rules
 from .boards import BOARDS
 from .common import FOLDERS, render
 from .datasources import DataSource, datasources, secret_variable
@@ -43,7 +50,7 @@ class PushError(Exception):
 
 @dataclass(frozen=True)
 class Change:
-    kind: str  # folder, datasource, dashboard
+    kind: str  # folder, datasource, dashboard, alert rule, rule group, alerting
     uid: str
     title: str
     action: str  # create, update, unchanged
@@ -217,6 +224,67 @@ def _boards(grafana: _Grafana, settings: Settings) -> list[Change]:
     return changes
 
 
+# What a rule's GET returns that is ours to compare (Grafana adds id, updated, provenance, ...).
+RULE_FIELDS = ("title", "condition", "data", "noDataState", "execErrState", "for", "annotations", "labels",
+               "folderUID", "ruleGroup", "isPaused", "orgID")
+
+
+def _rule_differences(wanted: dict, existing: dict) -> list[str]:
+    return [key for key in RULE_FIELDS if key in wanted and existing.get(key) != wanted[key]]
+
+
+def _alert_rules(grafana: _Grafana, settings: Settings) -> list[Change]:
+    config = Config.from_settings(settings)
+    provisioning = grafana.api.alertingprovisioning
+    changes = []
+    for rule in alert_rules.rules(config):
+        wanted = alert_rules.api_rule(rule, config)
+        existing = grafana.call("read an alert rule", provisioning.get_alertrule, rule.uid, missing_ok=True)
+        if existing is None:
+            changes.append(Change("alert rule", rule.uid, rule.title, "create", write=partial(
+                grafana.call, "create an alert rule", provisioning.create_alertrule, wanted)))
+            continue
+        differences = _rule_differences(wanted, existing)
+        if not differences:
+            changes.append(Change("alert rule", rule.uid, rule.title, "unchanged"))
+            continue
+        if existing.get("provenance") == "file":
+            raise PushError(f"alert rule {rule.uid} is provisioned from files in Grafana at {grafana.url}: update it "
+                            "with `dashboards build`, or remove its provisioning to push it")
+        changes.append(Change("alert rule", rule.uid, rule.title, "update", ", ".join(differences), partial(
+            grafana.call, "update an alert rule", provisioning.update_alertrule, rule.uid, wanted)))
+    for (folder_uid, group), interval_s in alert_rules.group_intervals().items():
+        existing = grafana.call("read a rule group", provisioning.get_rule_group, folder_uid, group, missing_ok=True)
+        if existing is not None and existing.get("interval") == interval_s:
+            changes.append(Change("rule group", group, folder_uid, "unchanged"))
+            continue
+        changes.append(Change("rule group", group, folder_uid, "create" if existing is None else "update",
+                              f"every {interval_s} s", partial(_set_interval, grafana, folder_uid, group, interval_s)))
+    return changes
+
+
+def _set_interval(grafana: _Grafana, folder_uid: str, group: str, interval_s: int) -> None:
+    # After the rules: a new rule made its group (with Grafana's default interval), read it now.
+    provisioning = grafana.api.alertingprovisioning
+    current = grafana.call("read a rule group", provisioning.get_rule_group, folder_uid, group)
+    grafana.call("set a rule group's interval", provisioning.update_rule_group, folder_uid, group,
+                 {**current, "interval": interval_s})
+
+
+ADMIN_CONFIG = "/v1/ngalert/admin_config"
+
+
+def _alerting(grafana: _Grafana, settings: Settings) -> list[Change]:
+    """Grafana-managed alerts to the external Alertmanager (the data source) only."""
+    current = grafana.call("read its alerting settings", grafana.api.client.GET, ADMIN_CONFIG, missing_ok=True) or {}
+    choice = current.get("alertmanagersChoice", "all")
+    if choice == "external":
+        return [Change("alerting", "admin_config", "alerts to the external Alertmanager", "unchanged")]
+    return [Change("alerting", "admin_config", "alerts to the external Alertmanager", "update", f"was {choice!r}",
+                   partial(grafana.call, "set where it sends alerts", grafana.api.client.POST, ADMIN_CONFIG,
+                           json={"alertmanagersChoice": "external"}))]
+
+
 def push(url: str, settings: Settings, *, dry_run: bool = False, out=print, warn=None) -> list[Change]:
     """Create or update every folder, data source and board in Grafana at `url`; returns the changes.
 
@@ -226,7 +294,8 @@ def push(url: str, settings: Settings, *, dry_run: bool = False, out=print, warn
     warn = warn or (lambda text: print(text, file=sys.stderr))
     grafana = _Grafana(url, settings.grafana_token)
     check_grafana(grafana, warn)
-    changes = [change for step in (_folders, _datasources, _boards) for change in step(grafana, settings)]
+    steps = (_folders, _datasources, _boards, _alert_rules, _alerting)
+    changes = [change for step in steps for change in step(grafana, settings)]
     for change in changes:
         if change.write is not None and not dry_run:
             change.write()

@@ -29,3 +29,20 @@ class Pipeline:
 
 
 PIPELINE = Pipeline()
+
+
+@dataclass(frozen=True)
+class Business:
+    # A share this close below its target is orange (a bad week, not yet a trend); further, red.
+    near_target: float = 0.05
+    # Dossiers overdue right now: any is one too many (orange); a hundred is a desk that stopped.
+    overdue_open_warning: float = 1
+    overdue_open_critical: float = 100
+    # High/critical security alerts in the last hour: one is worth a look, ten an incident.
+    security_high_warning: float = 1
+    security_high_critical: float = 10
+    # Hours a dossier has been overdue: past a day it is a complaint.
+    hours_overdue_critical: float = 24
+
+
+BUSINESS = Business()

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from . import pipeline
+from . import agency, feedback, national, pipeline, province, security
 
-BOARDS = [pipeline.BOARD]
+BOARDS = [pipeline.BOARD, province.BOARD, agency.BOARD, feedback.BOARD, security.BOARD, national.BOARD]

@@ -18,6 +18,7 @@ from ..common import (
     dashboard,
     prom,
     prometheus_variable,
+    rename_field,
     stat_panel,
     steps,
     table_panel,
@@ -156,12 +157,6 @@ def _rate(metric: str, by: str = "", selector: str = WORKER) -> str:
 def _quantile(q: float, histogram: str, by: str = "") -> str:
     labels = f"{by}, le" if by else "le"
     return f"histogram_quantile({q}, sum by ({labels}) (rate({histogram}_bucket{{{WORKER}}}[{RATE}])))"
-
-
-def _rename(series: str, shown: str) -> DataTransformerConfig:
-    # A transformation, not a displayName override: the dashboard schema types an override's
-    # matcher options and value as objects, and byName takes a string.
-    return DataTransformerConfig(id_val="renameByRegex", options={"regex": f"^{series}$", "renamePattern": shown})
 
 
 def _sort_by(field_name: str) -> DataTransformerConfig:
@@ -307,7 +302,7 @@ def build(texts: Texts, settings: Settings):
             [prom(_rate("opscentre_stream_events_rejected_total", by="reason"), "{{reason}}")],
             unit=per_second, axis_label=texts("items per second"), stacked=True, width=8,
             description=texts("Records or items sent to the dead-letter topic, per second."),
-        ).transformations([_rename(reason, texts(shown)) for reason, shown in REASONS.items()]),
+        ).transformations([rename_field(reason, texts(shown)) for reason, shown in REASONS.items()]),
         timeseries_panel(
             texts("Internal errors and failed writes"),
             [prom(_rate("opscentre_stream_internal_errors_total", by="topic"), "{{topic}}"),
