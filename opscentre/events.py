@@ -252,6 +252,13 @@ class Validator:
         self.provinces = frozenset(provinces)
         self.max_future_ms = max_future_ms
         self.retention_days = retention_days
+        self._limits = (None, 0, 0)  # (now_ms, latest, earliest) of the last check: a run shares its now
+
+    def _limits_at(self, now_ms: int) -> tuple:
+        """(latest, earliest) accepted occurred times at `now_ms`."""
+        if self._limits[0] != now_ms:
+            self._limits = (now_ms, now_ms + self.max_future_ms, retention_start_ms(now_ms, self.retention_days))
+        return self._limits[1:]
 
     def decode(self, value: bytes | None, now_ms: int) -> Decoded:
         if value is None:
@@ -328,8 +335,15 @@ class Validator:
     def _check(self, events, indexes, rejections, now_ms, value, originals) -> Decoded:
         """Checks msgspec cannot express: timestamps in range, the province list, the future limit."""
         provinces = self.provinces
-        latest = now_ms + self.max_future_ms
-        earliest = retention_start_ms(now_ms, self.retention_days)
+        latest, earliest = self._limits_at(now_ms)
+        if len(events) == 1 and not rejections:  # a single event, most often valid: the same checks, inline
+            event = events[0]
+            occurred = to_millis(event.occurred_at)
+            cls = type(event)
+            if earliest <= occurred <= latest and MIN_MS <= occurred <= MAX_MS and event.province in provinces and (
+                    cls not in _DUE_TYPES or (MIN_MS <= (due := to_millis(event.due_at)) <= MAX_MS
+                                              and (cls not in _RECEIPT_TYPES or due >= earliest))):
+                return Decoded(events, indexes, [occurred], rejections)
         occurred_ms = [to_millis(event.occurred_at) for event in events]
         bad = None
         for position, event in enumerate(events):
