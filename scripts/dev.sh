@@ -38,6 +38,8 @@ fi
 
 case "$action" in
   run)  exec .venv/bin/opscentre run "$@" ;;
-  test) exec .venv/bin/python -m pytest "$@" ;;
+  # Three test processes, each with its own servers: most tests wait on a broker or a server, so
+  # three share two cores well (16 min in one process, 6 in three). `-n 0` runs them in one.
+  test) exec .venv/bin/python -m pytest -n 3 "$@" ;;
   setup) echo "ready: .venv/bin/opscentre" ;;
 esac
