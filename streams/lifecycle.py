@@ -187,8 +187,8 @@ class Lifecycle:
         self.recent_closings = _RecentClosings(horizon_ms)
         self._metas: list = []
         self._meta_index: dict = {}
-        # (the segments list looked in, {key: ((segment, position), ...) of its hash}): prefetch();
-        # a change to the segments makes a new list, which retires it.
+        # (the segments list looked in, {key: ((segment, position), ...) of its hash}, the run's
+        # keys): prefetch(); a change to the segments makes a new list, in which _find looks again.
         self._prefetched = None
 
     def __len__(self) -> int:
@@ -303,16 +303,19 @@ class Lifecycle:
         """Look up the keys (item_key) of a run of records in the segments and the recent closings at
         once: applying its records one by one then costs dict accesses instead of numpy calls each."""
         self.recent_closings.prefetch(keys)
-        if not self.segments or not keys:
-            self._prefetched = None
-            return
-        queries = np.fromiter(keys, dtype=np.int64, count=len(keys))
+        self._prefetched = self._places(keys) if keys else None
+
+    def _places(self, keys: list) -> tuple:
+        """(the segments list looked in, {key: ((segment, position), ...)}, the keys). Sealing the
+        fresh items mid-run makes a new list: _find looks the run's keys up again in that one."""
         places: dict = dict.fromkeys(keys, ())
-        for segment in self.segments:
-            idx, equal = segment.matches(queries)
-            for i in np.flatnonzero(equal).tolist():
-                places[keys[i]] += ((segment, int(idx[i])),)
-        self._prefetched = (self.segments, places)
+        if self.segments:
+            queries = np.fromiter(keys, dtype=np.int64, count=len(keys))
+            for segment in self.segments:
+                idx, equal = segment.matches(queries)
+                for i in np.flatnonzero(equal).tolist():
+                    places[keys[i]] += ((segment, int(idx[i])),)
+        return self.segments, places, keys
 
     def _find(self, keys: list) -> list:
         """For each key, (segment, position) of its live item in a segment, or None: one vectorised
@@ -321,7 +324,9 @@ class Lifecycle:
         if not self.segments or not keys:
             return found
         prefetched = self._prefetched
-        if prefetched is not None and prefetched[0] is self.segments:
+        if prefetched is not None:
+            if prefetched[0] is not self.segments:
+                prefetched = self._prefetched = self._places(prefetched[2])
             places = prefetched[1]
             try:
                 for i, key in enumerate(keys):

@@ -251,15 +251,18 @@ class OverdueTracker:
         """Look up the keys (item_key) of a run of records in the segments and in `closed` at once:
         settling its records one by one then costs dict accesses instead of numpy calls each."""
         self.closed.prefetch(keys)
-        if not self.segments or not keys:
-            self._prefetched = None
-            return
-        queries = np.fromiter(keys, dtype=np.int64, count=len(keys))
+        self._prefetched = self._places(keys) if keys else None
+
+    def _places(self, keys: list) -> tuple:
+        """(the segments list looked in, {key: ((segment, position), ...)}, the keys). Sealing the
+        fresh items mid-run makes a new list: _find looks the run's keys up again in that one."""
         places: dict = dict.fromkeys(keys, ())
-        for segment in self.segments:
-            for i, pos in zip(*(a.tolist() for a in segment.matches(queries))):
-                places[keys[i]] += ((segment, pos),)
-        self._prefetched = (self.segments, places)
+        if self.segments:
+            queries = np.fromiter(keys, dtype=np.int64, count=len(keys))
+            for segment in self.segments:
+                for i, pos in zip(*(a.tolist() for a in segment.matches(queries))):
+                    places[keys[i]] += ((segment, pos),)
+        return self.segments, places, keys
 
     def _find(self, keys: list) -> list:
         """For each key, (segment, position) of its live item in a segment, or None."""
@@ -267,7 +270,9 @@ class OverdueTracker:
         if not self.segments or not keys:
             return found
         prefetched = self._prefetched
-        if prefetched is not None and prefetched[0] is self.segments:
+        if prefetched is not None:
+            if prefetched[0] is not self.segments:
+                prefetched = self._prefetched = self._places(prefetched[2])
             places = prefetched[1]
             try:
                 for i, key in enumerate(keys):

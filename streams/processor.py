@@ -671,6 +671,10 @@ class Processor:
         except Exception:
             state.rebuild = True
             raise
+        finally:
+            if len(run) > 1:  # the look-ups belong to this run
+                lifecycle.prefetch([])
+                tracker.prefetch([])
         return marks_rows
 
     def _commit_plan(self, state, plan: "_Plan", marks) -> None:
