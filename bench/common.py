@@ -78,6 +78,34 @@ def produce_librdkafka(settings, events) -> int:
     return len(events)
 
 
+def paced_single_events(settings, rate: float, duration_s: float, seed: int) -> int:
+    """The simulator's steady traffic at `rate` events/s for `duration_s`, sent live as single-event
+    records by librdkafka (as produce_librdkafka): a third party's load. Run it in a process of its
+    own, so that its work does not delay the caller's timings."""
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": settings.kafka, "linger.ms": 5, "acks": "1"})
+    topics = {"service": settings.service_topic, "security": settings.security_topic}
+    started = time.monotonic()
+    simulator = Simulator(seed, rate=rate, start_ms=int(time.time() * 1000), steady=True)
+    sent = 0
+    while (elapsed := time.monotonic() - started) < duration_s:
+        for _ in range(int(elapsed * rate) - sent):  # catch up to the rate, then wait a tick
+            event = simulator.next_event()
+            kind = "security" if event["event_type"] == "security.alert" else "service"
+            while True:
+                try:
+                    producer.produce(topics[kind], key=routing_key(event).encode(), value=encode(event))
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+            sent += 1
+        producer.poll(0)
+        time.sleep(0.005)
+    producer.flush(60)
+    return sent
+
+
 class CpuUse:
     """CPU time spent on the machine, sampled in the background, to say what an event costs.
 

@@ -1,9 +1,10 @@
 """Latency and memory of the worker under a steady load.
 
-    .venv/bin/python bench/latency_memory.py [--rate 5000] [--duration 1400] [--warmup 720]
+    .venv/bin/python bench/latency_memory.py [--rate 5000] [--duration 1400] [--warmup 720] [--single-events]
 
 Runs a Tansu broker, clickhouse-server, one `opscentre worker` and
-`opscentre simulate --rate R --steady` for --duration seconds. Meanwhile it sends one
+`opscentre simulate --rate R --steady` for --duration seconds (with --single-events, the same
+traffic sent live by librdkafka, one event a record, as a third party sends it). Meanwhile it sends one
 probe event a second (a single record, as a third party would) and times how
 long until that event is in ClickHouse, i.e. visible to `opscentre kpi`; it
 samples the worker's resident memory (main and writer processes) every 10 s.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -29,6 +31,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from kafka import KafkaProducer  # noqa: E402
+
+from bench.common import paced_single_events  # noqa: E402
 
 from opscentre.clickhouse import connect, quote  # noqa: E402
 from opscentre.embedded import EmbeddedBroker, free_port  # noqa: E402
@@ -102,6 +106,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=720,
                         help="seconds before the memory spread is measured: the de-duplication memory fills "
                              "for 1.2 horizons (720 s by default)")
+    parser.add_argument("--single-events", action="store_true",
+                        help="the load as single-event records sent by librdkafka (a third party), not the "
+                             "simulator's batches (needs the bench extra)")
     args = parser.parse_args()
 
     broker = EmbeddedBroker().start()
@@ -111,11 +118,18 @@ def main() -> None:
     ensure_topics(settings)
     worker = pipeline.start_worker()
     store = connect(settings.clickhouse)
-    sim_env = dict(pipeline.env, OPSCENTRE_METRICS_ADDR=f"127.0.0.1:{free_port()}")
-    simulator = subprocess.Popen(
-        [sys.executable, "-m", "opscentre.cli", "simulate", "--rate", str(args.rate), "--duration", str(args.duration),
-         "--seed", "5", "--steady"], env=sim_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+    if args.single_events:
+        simulator = multiprocessing.get_context("spawn").Process(
+            target=paced_single_events, args=(settings, args.rate, args.duration, 5), daemon=True)
+        simulator.start()
+        simulator.wait = simulator.join
+    else:
+        sim_env = dict(pipeline.env, OPSCENTRE_METRICS_ADDR=f"127.0.0.1:{free_port()}")
+        simulator = subprocess.Popen(
+            [sys.executable, "-m", "opscentre.cli", "simulate", "--rate", str(args.rate), "--duration",
+             str(args.duration), "--seed", "5", "--steady"], env=sim_env, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
     producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks=1, linger_ms=0)
     latencies, memory = [], []
     stop = threading.Event()
@@ -161,7 +175,8 @@ def main() -> None:
     broker.stop()
 
     accepted = metrics.get("opscentre_stream_events_valid_total", 0)
-    print(f"load: {args.rate:g} events/s for {args.duration:g}s; worker accepted {accepted:,.0f} events")
+    kind = "single-event records (librdkafka)" if args.single_events else "the simulator's batches"
+    print(f"load: {args.rate:g} events/s as {kind} for {args.duration:g}s; worker accepted {accepted:,.0f} events")
     if latencies:
         print(f"probe produced → visible in ClickHouse ({len(latencies)} probes): "
               f"p50 {percentile(latencies, 0.5):.2f}s  p99 {percentile(latencies, 0.99):.2f}s  max {max(latencies):.2f}s")
