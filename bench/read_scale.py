@@ -8,7 +8,9 @@ continues the virtual clock where the last one stopped. After each step every qu
 
     python bench/read_scale.py [--steps 5,10,20,35,50] [--repeat 3] [--rate 10]   # millions of events
 
-Prints one table: stored service events, disk, and each question's time in ms.
+Also every board panel's and variable's query (dashboards/grafana), as Grafana's ClickHouse data
+source sends it: each board's total for one refresh, the slowest panel, and each query in a second
+table. Prints stored service events, disk, and each question's time in ms.
 """
 
 from __future__ import annotations
@@ -26,13 +28,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dashboards.drilldown import item_history, overdue_items  # noqa: E402
 from dashboards.kpi import kpis, lifecycle_count  # noqa: E402
+from dashboards.grafana.queries import board_queries, default_variables, expand  # noqa: E402
 from dashboards.scorecard import scorecard  # noqa: E402
 from opscentre.clickhouse import connect  # noqa: E402
 from opscentre.embedded import EmbeddedBroker  # noqa: E402
 from opscentre.kafka import ensure_topics  # noqa: E402
 from opscentre.local import scrape  # noqa: E402
+from opscentre.settings import Settings  # noqa: E402
 from producers.batching import BatchingProducer  # noqa: E402
 from producers.simulator import simulate  # noqa: E402
+from tests.board_reader import BoardReader  # noqa: E402
 from tests.harness import ClickHouseServer, Pipeline  # noqa: E402
 
 UTC = dt.timezone.utc
@@ -46,10 +51,10 @@ def load_step(server: ClickHouseServer, database: str, start_ms: int, end_ms: in
     pipeline = Pipeline(broker.bootstrap, server.url(database), Path(tempfile.mkdtemp()))
     try:
         ensure_topics(pipeline.settings)
+        worker = pipeline.start_worker()  # reads while the simulator produces: two cores at work
         producer = BatchingProducer(pipeline.settings)
         sent = simulate(producer, rate, (end_ms - start_ms) / 1000, seed, start_ms, paced=False)
         producer.close()
-        worker = pipeline.start_worker()
         deadline = time.monotonic() + 3600
         while time.monotonic() < deadline:
             metrics = scrape(worker.metrics_port)
@@ -99,6 +104,21 @@ def questions(store, end_ms: int, history_start_ms: int, stored: int) -> dict:
     return asked
 
 
+def panel_questions(url: str, end_ms: int) -> dict:
+    """"board/panel" -> a call running that panel's (or variable's) query as Grafana's ClickHouse data
+    source would (tests.board_reader: read-only, the plugin's settings), for the board's default
+    range and variables: the last 24 hours (panels with a range of their own use it), province 01."""
+    reader = BoardReader(url)
+    settings = Settings(dashboard_province="01")
+    end = dt.datetime.fromtimestamp(end_ms / 1000, UTC)
+    start = end - dt.timedelta(hours=24)
+    asked = {}
+    for query in board_queries(settings):
+        sql = expand(query, start, end, default_variables(settings, query.board), now=end)
+        asked[f"{query.board.removeprefix('opscentre-')}: {query.title}"] = lambda sql=sql: reader.run(sql)
+    return asked
+
+
 def timed(call, repeat: int) -> float:
     times = []
     for _ in range(repeat):
@@ -123,7 +143,7 @@ def main() -> None:
     server = ClickHouseServer().start()
     database = "readscale"
     store = connect(server.url(database))
-    rows, names = [], None
+    rows, names, panel_names = [], None, None
     try:
         per_virtual_s = EVENTS_PER_VIRTUAL_S * args.rate / 10
         total_virtual_s = targets[-1] / per_virtual_s
@@ -142,18 +162,34 @@ def main() -> None:
             per_virtual_s = max(0.1, sent / step_s) if step == 0 else per_virtual_s
             (service,) = store.query(f"SELECT count() FROM {store.table('service_events')}")[0]
             asked = questions(store, clock_ms, history_start_ms, int(service))
+            panels = panel_questions(server.url(database), clock_ms)
             names = names or list(asked)
+            panel_names = panel_names or list(panels)
             times = {name: timed(call, args.repeat) * 1000 for name, call in asked.items()}
-            rows.append((int(service), disk_mib(store), loading_s, times))
+            panel_times = {name: timed(call, args.repeat) * 1000 for name, call in panels.items()}
+            for board in dict.fromkeys(name.split(":")[0] for name in panel_times):
+                board_times = [t for name, t in panel_times.items() if name.split(":")[0] == board]
+                times[f"board {board}: every panel, one refresh"] = sum(board_times)
+            slowest = max(panel_times, key=panel_times.get)
+            times["slowest panel"] = panel_times[slowest]
+            rows.append((int(service), disk_mib(store), loading_s, times, panel_times))
             print(f"step {step + 1}: {int(service):,} service events, {disk_mib(store):,.0f} MiB, loaded in "
-                  f"{loading_s:,.0f} s; " + ", ".join(f"{k} {v:.0f} ms" for k, v in times.items()), flush=True)
+                  f"{loading_s:,.0f} s; " + ", ".join(f"{k} {v:.0f} ms" for k, v in times.items())
+                  + f" (slowest: {slowest})", flush=True)
     finally:
         server.stop()
-    print("\n| question | " + " | ".join(f"{events / 1e6:.1f} M" for events, *_ in rows) + " |")
+    header = "| question | " + " | ".join(f"{events / 1e6:.1f} M" for events, *_ in rows) + " |"
+    print("\n" + header)
     print("|---|" + "---|" * len(rows))
-    print("| disk, MiB | " + " | ".join(f"{mib:,.0f}" for _, mib, _, _ in rows) + " |")
-    for name in names:
-        cells = [f"{times[name]:,.0f}" if name in times else "–" for *_, times in rows]
+    print("| disk, MiB | " + " | ".join(f"{mib:,.0f}" for _, mib, *_ in rows) + " |")
+    for name in names + [name for name in rows[-1][3] if name not in names] if rows else []:
+        cells = [f"{times[name]:,.0f}" if name in times else "–" for _, _, _, times, _ in rows]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    print("\nEach board query, ms (Grafana's SQL after its substitutions, the last 24 hours, province 01):\n")
+    print(header.replace("question", "board: panel"))
+    print("|---|" + "---|" * len(rows))
+    for name in panel_names or []:
+        cells = [f"{panel_times[name]:,.0f}" if name in panel_times else "–" for *_, panel_times in rows]
         print(f"| {name} | " + " | ".join(cells) + " |")
 
 

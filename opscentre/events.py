@@ -51,25 +51,17 @@ ItemId = Annotated[str, Meta(min_length=1, max_length=128)]
 
 SERVICE_LEVELS = ("full_online", "partial_online", "offline")  # toàn trình, một phần, trực tiếp
 
-_OFFSET_MS: dict = {}  # tzinfo -> its UTC offset in ms (msgspec reuses one tzinfo per offset)
+_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
+_ONE_MS = _dt.timedelta(milliseconds=1)
 
 
 def to_millis(ts: int | _dt.datetime) -> int:
-    """Epoch milliseconds of an `occurred_at`/`due_at` value as decoded.
-
-    Plain arithmetic on the fields: twice as fast as datetime.timestamp(),
-    and this runs for nearly every event.
-    """
+    """Epoch milliseconds of an `occurred_at`/`due_at` value as decoded (aware, or already ms),
+    rounded down as the contract's millisecond times are. Timedelta arithmetic in C: half the
+    cost of arithmetic on the fields, and this runs for nearly every event."""
     if type(ts) is int:
         return ts
-    tz = ts.tzinfo
-    offset = _OFFSET_MS.get(tz)
-    if offset is None:
-        offset = _OFFSET_MS[tz] = int(ts.utcoffset().total_seconds() * 1000)
-    return (
-        ((ts.toordinal() - 719163) * 86400 + ts.hour * 3600 + ts.minute * 60 + ts.second) * 1000
-        + ts.microsecond // 1000 - offset
-    )
+    return (ts - _EPOCH) // _ONE_MS
 
 
 class Event(Struct, tag_field="event_type", kw_only=True, frozen=True):
