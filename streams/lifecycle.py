@@ -32,7 +32,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .dedup import RecentIds
-from .overdue import item_key
+from .overdue import HashedSegment, SegmentedItems, item_key
 
 SEAL_AT = 4096
 
@@ -65,7 +65,7 @@ class OpenItemState(NamedTuple):
     alerted: int  # detected_ms of its overdue alert (the watermark that passed its due time); 0: none
 
 
-class _Segment:
+class _Segment(HashedSegment):
     __slots__ = ("hashes", "received", "due", "meta", "alerted", "alive", "live")
 
     def __init__(self, hashes, received, due, meta, alerted):
@@ -78,15 +78,12 @@ class _Segment:
         self.alive = np.ones(len(order), dtype=bool)
         self.live = len(order)
 
-    def find(self, queries: np.ndarray):
-        idx, equal = self.matches(queries)
-        return idx, equal & self.alive[idx]
-
-    def matches(self, queries: np.ndarray):
-        """(position, whether the hash is there) of each query, live or not."""
+    def matches(self, queries: np.ndarray) -> tuple:
+        """(indexes into `queries`, positions) of the items with these hashes, live or not."""
         idx = self.hashes.searchsorted(queries)
         np.minimum(idx, len(self.hashes) - 1, out=idx)
-        return idx, self.hashes[idx] == queries
+        hit = np.flatnonzero(self.hashes[idx] == queries)
+        return hit, idx[hit]
 
     def columns(self):
         pos = np.flatnonzero(self.alive)
@@ -178,7 +175,7 @@ class _RecentClosings:
         return len(self.pending) + sum(len(entry[1]) for entry in self.sealed)
 
 
-class Lifecycle:
+class Lifecycle(SegmentedItems):
     __slots__ = ("fresh", "segments", "recent_closings", "_metas", "_meta_index", "_prefetched")
 
     def __init__(self, horizon_ms: int):
@@ -187,9 +184,7 @@ class Lifecycle:
         self.recent_closings = _RecentClosings(horizon_ms)
         self._metas: list = []
         self._meta_index: dict = {}
-        # (the segments list looked in, {key: ((segment, position), ...) of its hash}, the run's
-        # keys): prefetch(); a change to the segments makes a new list, in which _find looks again.
-        self._prefetched = None
+        self._prefetched = None  # SegmentedItems
 
     def __len__(self) -> int:
         return len(self.fresh) + sum(segment.live for segment in self.segments)
@@ -303,46 +298,7 @@ class Lifecycle:
         """Look up the keys (item_key) of a run of records in the segments and the recent closings at
         once: applying its records one by one then costs dict accesses instead of numpy calls each."""
         self.recent_closings.prefetch(keys)
-        self._prefetched = self._places(keys) if keys else None
-
-    def _places(self, keys: list) -> tuple:
-        """(the segments list looked in, {key: ((segment, position), ...)}, the keys). Sealing the
-        fresh items mid-run makes a new list: _find looks the run's keys up again in that one."""
-        places: dict = dict.fromkeys(keys, ())
-        if self.segments:
-            queries = np.fromiter(keys, dtype=np.int64, count=len(keys))
-            for segment in self.segments:
-                idx, equal = segment.matches(queries)
-                for i in np.flatnonzero(equal).tolist():
-                    places[keys[i]] += ((segment, int(idx[i])),)
-        return self.segments, places, keys
-
-    def _find(self, keys: list) -> list:
-        """For each key, (segment, position) of its live item in a segment, or None: one vectorised
-        look-up a segment for a whole record (or a dict access, prefetched for a run)."""
-        found = [None] * len(keys)
-        if not self.segments or not keys:
-            return found
-        prefetched = self._prefetched
-        if prefetched is not None:
-            if prefetched[0] is not self.segments:
-                prefetched = self._prefetched = self._places(prefetched[2])
-            places = prefetched[1]
-            try:
-                for i, key in enumerate(keys):
-                    for segment, pos in places[key]:  # the last segment holding it live, as below
-                        if segment.alive[pos]:
-                            found[i] = (segment, pos)
-                return found
-            except KeyError:  # not prefetched
-                found = [None] * len(keys)
-        queries = np.fromiter(keys, dtype=np.int64, count=len(keys))
-        for segment in self.segments:
-            idx, hit = segment.find(queries)
-            if hit.any():
-                for i in np.flatnonzero(hit).tolist():
-                    found[i] = (segment, int(idx[i]))
-        return found
+        self._prefetch_segments(keys)
 
     def _meta(self, item: OpenItemState) -> int:
         meta = (item.kind, item.province, item.agency, item.procedure_code)

@@ -60,7 +60,70 @@ def item_key(kind: str, item_id: str) -> int:
     return hash(f"{kind}:{item_id}")
 
 
-class _Segment:
+
+class HashedSegment:
+    """A segment of items looked up by their 64-bit key: `matches()` gives (indexes into the queries,
+    positions) of the items with those keys, live or not; `alive` says which still are."""
+
+    __slots__ = ()
+
+    def find(self, queries: np.ndarray):
+        """matches() of the live items, or None when there are none."""
+        hit, pos = self.matches(queries)
+        if not len(hit):
+            return None
+        live = self.alive[pos]
+        return hit[live], pos[live]
+
+
+class SegmentedItems:
+    """Items held in `segments` (HashedSegment, oldest first; a change makes a new list), found by
+    key. A run of records looks its keys up once (`_prefetch_segments`): finding them record by
+    record then costs dict accesses instead of numpy calls each. The subclass holds `segments`
+    and `_prefetched`: (the segments list looked in, {key: ((segment, position), ...)}, the keys)."""
+
+    __slots__ = ()
+
+    def _prefetch_segments(self, keys: list) -> None:
+        self._prefetched = self._places(keys) if keys else None
+
+    def _places(self, keys: list) -> tuple:
+        places: dict = dict.fromkeys(keys, ())
+        if self.segments:
+            queries = np.fromiter(keys, dtype=np.int64, count=len(keys))
+            for segment in self.segments:
+                for i, pos in zip(*(a.tolist() for a in segment.matches(queries))):
+                    places[keys[i]] += ((segment, pos),)
+        return self.segments, places, keys
+
+    def _find(self, keys: list) -> list:
+        """For each key, (segment, position) of its live item in a segment, or None. Sealing items
+        mid-run makes a new segments list: the run's keys are looked up again in that one."""
+        found = [None] * len(keys)
+        if not self.segments or not keys:
+            return found
+        prefetched = self._prefetched
+        if prefetched is not None:
+            if prefetched[0] is not self.segments:
+                prefetched = self._prefetched = self._places(prefetched[2])
+            places = prefetched[1]
+            try:
+                for i, key in enumerate(keys):
+                    for segment, pos in places[key]:  # the last segment holding it live, as below
+                        if segment.alive[pos]:
+                            found[i] = (segment, pos)
+                return found
+            except KeyError:  # not prefetched
+                found = [None] * len(keys)
+        queries = np.fromiter(keys, dtype=np.int64, count=len(keys))
+        for segment in self.segments:
+            hits = segment.find(queries)
+            if hits is not None:
+                for i, pos in zip(hits[0].tolist(), hits[1].tolist()):
+                    found[i] = (segment, pos)
+        return found
+
+class _Segment(HashedSegment):
     """Open items in due order; `alive` turns off as they close or go overdue."""
 
     __slots__ = ("due", "meta", "starts", "ids", "alive", "hashes", "by_hash", "cursor", "live")
@@ -93,14 +156,6 @@ class _Segment:
         hit = np.flatnonzero(hashes[idx] == queries)
         return hit, self.by_hash[idx[hit]]
 
-    def find(self, queries: np.ndarray):
-        """matches() of the live items, or None when there are none."""
-        hit, pos = self.matches(queries)
-        if not len(hit):
-            return None
-        live = self.alive[pos]
-        return hit[live], pos[live]
-
     def item_id(self, pos: int) -> str:
         return self.ids[int(self.starts[pos]):int(self.starts[pos + 1])].decode()
 
@@ -130,7 +185,7 @@ class _Segment:
         return sum(a.nbytes for a in (self.due, self.meta, self.starts, self.alive, self.hashes, self.by_hash)) + len(self.ids)
 
 
-class OverdueTracker:
+class OverdueTracker(SegmentedItems):
     __slots__ = ("watermark", "loaded_to", "fresh", "fresh_heap", "segments", "next_due", "unloaded",
                  "closed_since_snapshot", "closed", "alerted", "horizon_ms", "_metas", "_meta_index",
                  "_opening", "_closing", "_closed_keys", "_prefetched")
@@ -153,9 +208,7 @@ class OverdueTracker:
         self._opening: dict = {}  # key -> OpenItem
         self._closing: list = []  # (key, occurred_ms, due_ms) to look up in the segments
         self._closed_keys: list = []  # keys closed by the record
-        # (the segments list looked in, {key: ((segment, position), ...) of its hash}): prefetch();
-        # a change to the segments makes a new list, which retires it.
-        self._prefetched = None
+        self._prefetched = None  # SegmentedItems
 
     def __len__(self) -> int:
         return len(self.fresh) + sum(segment.live for segment in self.segments)
@@ -251,44 +304,7 @@ class OverdueTracker:
         """Look up the keys (item_key) of a run of records in the segments and in `closed` at once:
         settling its records one by one then costs dict accesses instead of numpy calls each."""
         self.closed.prefetch(keys)
-        self._prefetched = self._places(keys) if keys else None
-
-    def _places(self, keys: list) -> tuple:
-        """(the segments list looked in, {key: ((segment, position), ...)}, the keys). Sealing the
-        fresh items mid-run makes a new list: _find looks the run's keys up again in that one."""
-        places: dict = dict.fromkeys(keys, ())
-        if self.segments:
-            queries = np.fromiter(keys, dtype=np.int64, count=len(keys))
-            for segment in self.segments:
-                for i, pos in zip(*(a.tolist() for a in segment.matches(queries))):
-                    places[keys[i]] += ((segment, pos),)
-        return self.segments, places, keys
-
-    def _find(self, keys: list) -> list:
-        """For each key, (segment, position) of its live item in a segment, or None."""
-        found = [None] * len(keys)
-        if not self.segments or not keys:
-            return found
-        prefetched = self._prefetched
-        if prefetched is not None:
-            if prefetched[0] is not self.segments:
-                prefetched = self._prefetched = self._places(prefetched[2])
-            places = prefetched[1]
-            try:
-                for i, key in enumerate(keys):
-                    for segment, pos in places[key]:  # the last segment holding it live, as below
-                        if segment.alive[pos]:
-                            found[i] = (segment, pos)
-                return found
-            except KeyError:  # not prefetched
-                found = [None] * len(keys)
-        queries = np.fromiter(keys, dtype=np.int64, count=len(keys))
-        for segment in self.segments:
-            hits = segment.find(queries)
-            if hits is not None:
-                for i, pos in zip(hits[0].tolist(), hits[1].tolist()):
-                    found[i] = (segment, pos)
-        return found
+        self._prefetch_segments(keys)
 
     def advance(self, watermark: int) -> list:
         """Move the watermark (never back); returns the items that went overdue, by due time."""
