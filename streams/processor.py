@@ -447,6 +447,20 @@ class Processor:
         reason = f"event type {event.__struct_config__.tag!r} belongs on topic {getattr(self.settings, actual + '_topic')}"
         rejections.append(Rejection(index, reason, msgspec.json.encode(event)))
 
+    @staticmethod
+    def _check_ids(recent, run: list, decoded: list, security: bool) -> tuple:
+        """(fresh, hashes, record times) of the run's events in order, against the partition's memory
+        of ids: the ids of the events this topic takes; None for the others (misrouted, rejected)."""
+        ids, times = [], []
+        for record, (events, _) in zip(run, decoded):
+            if events is not None:
+                record_ms = record.timestamp
+                for event in events.events:
+                    ids.append(event.event_id if (type(event) is SecurityAlert) is security else None)
+                    times.append(record_ms)
+        fresh, hashes = recent.check(ids, times)
+        return fresh, hashes, times
+
     def _plan_service(self, state, run: list, decoded: list) -> "_Plan":
         rows, recent = state.rows, state.recent
         topic_id, partition = state.topic_id, state.partition
@@ -462,14 +476,7 @@ class Processor:
         duplicates = 0
         unknown_agency: dict = {}
         knows_agency = self.knows_agency
-        ids, times = [], []
-        for record, (events, _) in zip(run, decoded):
-            if events is not None:
-                record_ms = record.timestamp
-                for event in events.events:
-                    ids.append(None if type(event) is SecurityAlert else event.event_id)
-                    times.append(record_ms)
-        fresh, hashes = recent.check(ids, times)
+        fresh, hashes, times = self._check_ids(recent, run, decoded, security=False)
         position = 0
         for record, (events, rejections) in zip(run, decoded):
             items, lifecycle_events = [], []
@@ -589,14 +596,7 @@ class Processor:
         raw = []
         accepted = 0
         duplicates = 0
-        ids, times = [], []
-        for record, (events, _) in zip(run, decoded):
-            if events is not None:
-                record_ms = record.timestamp
-                for event in events.events:
-                    ids.append(event.event_id if type(event) is SecurityAlert else None)
-                    times.append(record_ms)
-        fresh, hashes = recent.check(ids, times)
+        fresh, hashes, times = self._check_ids(recent, run, decoded, security=True)
         position = 0
         for record, (events, rejections) in zip(run, decoded):
             if events is None:
