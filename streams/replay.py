@@ -129,16 +129,15 @@ def replay(settings: Settings, store: Store, start=None, end=None, start_ms: int
                 quiet_since = None
             for tp, messages in batches.items():
                 limit = stop.get(tp)
-                for message in messages:
-                    if limit is not None and message.offset >= limit:
-                        done.add(tp)
-                        consumer.pause(tp)
-                        break
-                    try:
-                        processor.process(tp.topic, tp.partition, message.offset, message.timestamp, message.value)
-                    except ProcessorFailure as failure:
-                        raise ReplayError(f"{failure}; what was stored before it is exact, run the replay again") from None
-                    report.records += 1
+                if limit is not None and messages[-1].offset >= limit:
+                    messages = [message for message in messages if message.offset < limit]
+                    done.add(tp)
+                    consumer.pause(tp)
+                try:
+                    processor.process_records(tp.topic, tp.partition, messages)  # runs, as the worker applies them
+                except ProcessorFailure as failure:
+                    raise ReplayError(f"{failure}; what was stored before it is exact, run the replay again") from None
+                report.records += len(messages)
             now = time.monotonic()
             if now - last_flush >= flush_every_s:
                 flush()
