@@ -105,6 +105,7 @@ class Settings:
     retention_days: int = _setting(400, minimum=0)
     flush_interval_s: float = _setting(1.0, minimum=0.05)
     flush_max_records: int = _setting(2000, minimum=1)
+    derive_interval_s: float = _setting(5.0, minimum=0.0)
     fetch_max_wait_s: float = _setting(0.1, minimum=0.01)
     memory_window_s: float = 600.0
     clickhouse_timeout_s: float = _setting(30.0, minimum=1.0)

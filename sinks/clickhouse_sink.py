@@ -2,9 +2,11 @@
 
 A flush is a sequence of columnar inserts: raw events (ClickHouse copies
 their accepted ids into seen_event_ids), rejections, alerts, then the
-per-minute rows last. The per-minute rows carry the
-version (source offset) that tells a resuming worker what is already counted,
-so they must only land once everything before them has.
+per-minute rows last. The per-minute rows carry the version (source offset)
+that tells a resuming worker what is already counted, so they must only land
+once everything before them has. What derives from them follows, for many
+flushes at once (Derived): the hour, day and month rows the stream keeps, and
+the lifecycle rows ClickHouse recomputes from the transitions stored.
 """
 
 from __future__ import annotations
@@ -83,8 +85,10 @@ LIFECYCLE_MINUTE = AggregateTable("lifecycle_minute", LIFECYCLE_DIMENSIONS, LIFE
 
 @dataclass(frozen=True)
 class Grain:
-    """A bucket size of the per-partition rows: minute rows are kept by the stream, the coarser ones
-    are sums of the finer ones, recomputed in ClickHouse after each write (see Rollups)."""
+    """A bucket size of the per-partition rows, each coarser one the sum of the finer ones. The
+    stream keeps the service and security rows of every grain; the lifecycle rows are recomputed
+    in ClickHouse from the transitions stored (ClickHouseSink.derive), as are the rollups of rows a
+    worker that died stored past its last commit."""
 
     name: str
     bucket_sql: str  # the bucket's start (epoch s, UTC) of the row's `window_start`
@@ -116,6 +120,18 @@ def grain_table(table: AggregateTable, grain: Grain) -> str:
     return table.name.rsplit("_", 1)[0] + "_" + grain.name
 
 
+def at_grain(table: AggregateTable, grain: Grain) -> AggregateTable:
+    """The table of `table`'s rows at a coarser grain: same columns."""
+    return AggregateTable(grain_table(table, grain), table.dimensions, table.counters)
+
+
+# The worker's hour, day and month rows: {table name: columns}.
+ROLLUP_COLUMNS = {grain_table(table, grain): table.columns
+                  for table in (SERVICE_MINUTE, SECURITY_MINUTE) for grain in GRAINS[1:]}
+ROLLUP_COUNTERS = {grain_table(table, grain): table.counters
+                   for table in (SERVICE_MINUTE, SECURITY_MINUTE) for grain in GRAINS[1:]}
+
+
 @dataclass
 class WriteBatch:
     """Rows (tuples in the column order of each table) for one flush."""
@@ -127,6 +143,9 @@ class WriteBatch:
     alerts: list = field(default_factory=list)  # ALERT_COLUMNS
     service_minute: list = field(default_factory=list)  # SERVICE_MINUTE.columns
     security_minute: list = field(default_factory=list)  # SECURITY_MINUTE.columns
+    # {ROLLUP_COLUMNS table: [rows in its columns' order]}: written after the others, with the
+    # lifecycle rows (Derived), not by inserts().
+    rollups: dict = field(default_factory=dict)
 
     def inserts(self):
         """(table, column names, columns, row count) to insert, in order: per-minute rows last
@@ -154,23 +173,16 @@ class WriteBatch:
 _RAW_TOPIC = SERVICE_RAW_COLUMNS.index("topic_id")
 
 
+
 def marked_minutes(raw_rows: list, marks_rows: list) -> set:
     """(topic id, partition, minute) of every lifecycle transition the rows carry."""
     touched = set()
     for raw, marks in zip(raw_rows, marks_rows):
-        if marks is NO_MARKS_ROW:
-            continue
         topic_id, partition = raw[_RAW_TOPIC], raw[_RAW_TOPIC + 1]
         for at, weight in ((marks[0], marks[1]), (marks[2], marks[3]), (marks[4], marks[5]), (marks[6], marks[7])):
             if weight:
                 touched.add((topic_id, partition, at // 60000 * 60))
     return touched
-
-
-def touched_windows(table: AggregateTable, rows: list) -> set:
-    """(topic id, partition, minute) of minute rows (tuples in `table.columns` order)."""
-    at = 1 + len(table.dimensions)
-    return {(row[at], row[at + 1], row[0]) for row in rows}
 
 
 # ClickHouse parses at most max_query_size bytes of a statement (256 KiB by default, the rest of
@@ -192,14 +204,75 @@ def literal_lists(literals: list, budget: int = LITERAL_LIST_BYTES):
 
 
 def bucket_chunks(touched: set, budget: int = LITERAL_LIST_BYTES):
-    """(lowest bucket, highest bucket, literal list) of the (topic id, partition, bucket) given, in
-    chunks of at most `budget` bytes; sorted, so each chunk spans a short stretch of one partition."""
+    """(the distinct buckets, literal list) of the (topic id, partition, bucket) given, in chunks of
+    at most `budget` bytes."""
     ordered = sorted(touched)
     start = 0
     for count, keys in literal_lists([f"({quote(t)}, {int(p)}, {int(b)})" for t, p, b in ordered], budget):
-        buckets = [b for _, _, b in ordered[start:start + count]]
+        buckets = sorted({b for _, _, b in ordered[start:start + count]})
         start += count
-        yield min(buckets), max(buckets), keys
+        yield buckets, keys
+
+
+MAX_RANGES = 256
+
+
+def bucket_ranges(column: str, buckets: list, next_bucket, literal=str) -> str:
+    """`column` within the given buckets (ascending starts, epoch s; `next_bucket(b)` is where b ends),
+    adjacent buckets as one range: the sorting key reads only those stretches. One range from the
+    first to the last read everything between: a dossier's due minute is days after its receipt."""
+    ranges: list = []
+    for bucket in buckets:
+        if ranges and ranges[-1][1] == bucket:
+            ranges[-1][1] = next_bucket(bucket)
+        else:
+            ranges.append([bucket, next_bucket(bucket)])
+    if len(ranges) > MAX_RANGES:  # keep the statement short: close the narrowest gaps
+        gaps = sorted(range(len(ranges) - 1), key=lambda i: ranges[i + 1][0] - ranges[i][1])
+        closed = set(gaps[:len(ranges) - MAX_RANGES])
+        merged = [ranges[0]]
+        for i in range(1, len(ranges)):
+            if i - 1 in closed:
+                merged[-1] = [merged[-1][0], ranges[i][1]]
+            else:
+                merged.append(ranges[i])
+        ranges = merged
+    return " OR ".join(f"({column} >= {literal(low)} AND {column} < {literal(high)})" for low, high in ranges)
+
+
+def keyed_rollups(rollups: dict) -> dict:
+    """A batch's rollup rows ({table: [row]}) by key: {table: {(bucket, *dimensions, topic id, partition): row}}."""
+    keyed = {}
+    for table, rows in rollups.items():
+        key_width = len(ROLLUP_COLUMNS[table]) - len(ROLLUP_COUNTERS[table]) - 1  # the columns before the version
+        keyed[table] = {tuple(row[:key_width]): row for row in rows}
+    return keyed
+
+
+@dataclass
+class Derived:
+    """What stored batches leave to write: the hour, day and month rows the stream computed
+    ({table: {row key: row}}, the newest row of each key), and the (topic id, partition, minute) of
+    the lifecycle transitions they hold, whose lifecycle rows ClickHouse sums from lifecycle_edges.
+    Both are functions of stored rows, so the work of many batches is done at once, after they
+    are readable; redoing it is always safe."""
+
+    lifecycle: set = field(default_factory=set)
+    rollups: dict = field(default_factory=dict)
+
+    @staticmethod
+    def of(batch: WriteBatch) -> "Derived":
+        return Derived(marked_minutes(batch.service_raw, batch.service_marks) if batch.service_marks else set(),
+                       keyed_rollups(batch.rollups))
+
+    def update(self, other: "Derived") -> None:
+        """Add a later batch's: its rows replace this one's of the same key."""
+        self.lifecycle |= other.lifecycle
+        for table, rows in other.rollups.items():
+            self.rollups.setdefault(table, {}).update(rows)
+
+    def __bool__(self) -> bool:
+        return bool(self.lifecycle or self.rollups)
 
 
 def _columns(rows: list, width: int) -> list:
@@ -228,23 +301,44 @@ class ClickHouseSink:
         self.store = store
 
     def write(self, batch: WriteBatch) -> int:
-        """Insert a batch; returns the number of rows written."""
-        return record_write(self.write_rows(batch))
+        """Insert a batch and recompute what derives from it; returns the number of rows written."""
+        stats, derived = self.store_rows(batch)
+        return record_write(stats + self.derive_rows(derived))
 
     def write_rows(self, batch: WriteBatch) -> list:
-        """Insert a batch, then its rollups; returns (table, rows, seconds) per statement, for the metrics."""
+        """Insert a batch, then what derives from it; returns (table, rows, seconds) per statement, for the metrics."""
+        stats, derived = self.store_rows(batch)
+        return stats + self.derive_rows(derived)
+
+    def insert(self, batch: WriteBatch) -> "Derived":
+        """Insert a batch (readable at once); returns what the worker must still derive from it."""
+        stats, derived = self.store_rows(batch)
+        record_write(stats)
+        return derived
+
+    def derive(self, derived: "Derived") -> int:
+        return record_write(self.derive_rows(derived))
+
+    def store_rows(self, batch: WriteBatch) -> tuple:
+        """The batch's inserts: (table, rows, seconds) per statement, and the Derived they call for."""
         stats = []
         for table, names, columns, count in batch.inserts():
             started = time.perf_counter()
             self.store.insert(table, list(names), columns)
             stats.append((table, count, time.perf_counter() - started))
-        for table, rows in ((SERVICE_MINUTE, batch.service_minute), (SECURITY_MINUTE, batch.security_minute)):
-            if rows:
-                stats += self.recompute_rollups(table, touched_windows(table, rows))
-        if batch.service_marks:
-            touched = marked_minutes(batch.service_raw, batch.service_marks)
-            if touched:
-                stats += self.recompute_lifecycle(touched)
+        return stats, Derived.of(batch)
+
+    def derive_rows(self, derived: "Derived") -> list:
+        """What stored batches left (Derived): their hour, day and month rows, then the lifecycle
+        rows of the minutes they touched, and theirs."""
+        stats = []
+        for table, rows in derived.rollups.items():
+            started = time.perf_counter()
+            columns = ROLLUP_COLUMNS[table]
+            self.store.insert(table, list(columns), _columns(list(rows.values()), len(columns)))
+            stats.append((table, len(rows), time.perf_counter() - started))
+        if derived.lifecycle:
+            stats += self.recompute_lifecycle(derived.lifecycle)
         return stats
 
     def recompute_lifecycle(self, touched: set) -> list:
@@ -255,12 +349,12 @@ class ClickHouseSink:
             f"sumIf(weight, kind = '{kind}' AND family = '{family}' AND direction = '{direction}')"
             for kind in ("dossier", "feedback") for family in ("open", "overdue") for direction in ("entered", "left"))
         started = time.perf_counter()
-        for low, high, keys in bucket_chunks(touched):
+        for buckets, keys in bucket_chunks(touched):
             self.store.execute(
                 f"INSERT INTO {self.store.table(LIFECYCLE_MINUTE.name)} ({', '.join(LIFECYCLE_MINUTE.columns)}) "
                 f"SELECT toDateTime({bucket}) AS window, province, agency, procedure_code, topic_id, source_partition, "
                 f"max(source_offset), {sums} FROM {self.store.table('lifecycle_edges')} FINAL "
-                f"WHERE at_ms >= {low * 1000} AND at_ms < {(high + 60) * 1000} "
+                f"WHERE ({bucket_ranges('at_ms', buckets, lambda b: b + 60, lambda s: s * 1000)}) "
                 f"AND (topic_id, source_partition, {bucket}) IN ({keys}) "
                 f"GROUP BY window, province, agency, procedure_code, topic_id, source_partition")
         stats = [(LIFECYCLE_MINUTE.name, len(touched), time.perf_counter() - started)]
@@ -332,12 +426,12 @@ class ClickHouseSink:
         for finer, coarser in zip(GRAINS, GRAINS[1:]):
             touched = {(topic_id, partition, coarser.bucket(window)) for topic_id, partition, window in touched}
             started = time.perf_counter()
-            for low, high, keys in bucket_chunks(touched):
+            for buckets, keys in bucket_chunks(touched):
                 self.store.execute(
                     f"INSERT INTO {self.store.table(grain_table(table, coarser))} ({columns}) "
                     f"SELECT toDateTime({coarser.bucket_sql}) AS bucket, {dims}, topic_id, source_partition, max(version), "
                     f"{sums} FROM {self.store.table(grain_table(table, finer))} FINAL "
-                    f"WHERE window_start >= toDateTime({low}) AND window_start < toDateTime({coarser.next(high)}) "
+                    f"WHERE ({bucket_ranges('window_start', buckets, coarser.next, lambda s: f'toDateTime({s})')}) "
                     f"AND (topic_id, source_partition, {coarser.bucket_sql}) IN ({keys}) "
                     f"GROUP BY bucket, {dims}, topic_id, source_partition")
             stats.append((grain_table(table, coarser), len(touched), time.perf_counter() - started))
@@ -378,6 +472,11 @@ class ClickHouseSink:
             f"AND source_offset < {int(first_offset)} ORDER BY record_ms"
         )
         return PartitionSnapshot(rows, int(max_window) if int(row_count) else -1, [(e, int(ms)) for e, ms in seen])
+
+    def load_bucket(self, table: AggregateTable, topic_id: str, partition: int, bucket_s: int) -> dict:
+        """A partition's stored rows of one bucket: {(bucket s, *dimensions): (counters, version)}."""
+        return self._select_rows(table, f"topic_id = {quote(topic_id)} AND source_partition = {int(partition)} "
+                                        f"AND window_start = toDateTime({int(bucket_s)})")
 
     def fetch_rows(self, table: AggregateTable, topic_id: str, partition: int, keys) -> dict:
         keys = list(keys)

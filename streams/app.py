@@ -3,10 +3,13 @@
 One agent reads both event topics and applies each record without
 acknowledging it, publishing its rejections. About once a second (or after
 enough records) it freezes what it has into a snapshot; a writer process
-stores the snapshot while the agent goes on, and only then are the snapshot's
-records acknowledged: Faust commits an offset once its rows are stored.
-Whatever is redelivered past the committed offset is recognised by the row
-versions (see streams.processor) and does not count twice.
+stores the snapshot while the agent goes on. Its rows are then readable; the
+lifecycle rows get the snapshot's transitions from a thread of their own, in one
+pass over every snapshot stored since the last, and only then are the snapshots'
+records acknowledged: Faust commits an offset once everything it leads to is
+stored. Whatever is redelivered past the committed offset is recognised by the
+row versions (see streams.processor) and does not count twice; a partition's
+next owner recomputes what derives from rows stored past it.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from opscentre.memory import return_freed_memory
 from opscentre.provinces import load_provinces
 from opscentre.settings import Settings
 from opscentre.telemetry import serve_metrics
-from sinks.clickhouse_sink import FLUSH_FAILURES, ClickHouseSink
+from sinks.clickhouse_sink import FLUSH_FAILURES, ClickHouseSink, Derived
 from sinks.retention import apply_retention
 from sinks.schema import migrate
 from sinks.writer_process import WriterProcess
@@ -229,9 +232,12 @@ if not all(hasattr(Consumer, name) for name in ("_wait_next_records", "_add_gap"
     raise RuntimeError("this Faust release drains its consumer differently; see streams.app.kafka_transport")
 
 
-def build_app(settings: Settings, processor: Processor, writer=None) -> faust.App:
-    """The worker's Faust app; `writer.write(batch)` stores snapshots (default: the processor's sink)."""
+def build_app(settings: Settings, processor: Processor, writer=None, deriver=None) -> faust.App:
+    """The worker's Faust app. `writer.insert(batch)` stores snapshots and `deriver.derive(derived)`
+    adds what derives from them (both default to the processor's sink, one after the other:
+    a chDB path serves one caller at a time)."""
     writer = writer or processor.sink
+    deriver = deriver or processor.sink
     bootstrap = settings.require_kafka()
     app = WorkerApp(
         settings.consumer_group,
@@ -261,17 +267,26 @@ def build_app(settings: Settings, processor: Processor, writer=None) -> faust.Ap
         bootstrap, settings.alerts_topic, partition % alert_partitions, offset)
     lock = asyncio.Lock()
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse-writer")
+    derive_executor = executor if deriver is writer else ThreadPoolExecutor(
+        max_workers=1, thread_name_prefix="clickhouse-deriver")
     # The snapshot being written while the next records are processed, and the offsets it stores.
     in_flight: list = []  # [(future, snapshot, {tp: [offsets]})] — at most one
+    # Snapshots stored whose derived rows are not: ({tp: [offsets]}, Derived, when stored), oldest
+    # first; and the pass in flight over some of them: [future, [{tp: [offsets]}, ...]] or empty.
+    # A pass costs about as much however many snapshots it covers (it reads the minutes they
+    # touched whole): under steady input one runs every `derive_interval_s`, at once when the
+    # input pauses.
+    underived: list = []
+    deriving: list = []
 
-    def write_until_stored(snapshot) -> None:
-        """Runs in the writer thread: retry until ClickHouse takes it; consumption pauses meanwhile."""
+    def until_done(call, argument):
+        """Runs in a writer thread: retry until ClickHouse takes it; the records stay unacknowledged."""
         delay = 0.5
         while True:
             try:
-                writer.write(snapshot.batch)
+                result = call(argument)
                 STORE_UP.set(1)
-                return
+                return result
             except StoreError as exc:
                 STORE_UP.set(0)
                 FLUSH_FAILURES.inc()
@@ -281,22 +296,49 @@ def build_app(settings: Settings, processor: Processor, writer=None) -> faust.Ap
 
     processor.wait_for_writes = lambda: [future.result() for future, _, _ in in_flight]
     pending: dict = {}  # tp -> offsets processed since the last snapshot
-    watch = StallWatch(settings.stall_warning_s, lambda: bool(pending) or bool(in_flight))
+    watch = StallWatch(settings.stall_warning_s, lambda: bool(pending or in_flight or underived or deriving))
 
     async def finish_in_flight() -> None:
-        """Wait for the snapshot in flight, record it as stored, then acknowledge its records."""
+        """Wait for the snapshot in flight and record it as stored; its records wait for its derived rows."""
         while in_flight:
             future, snapshot, offsets = in_flight[0]
             watch.stage = "waiting for ClickHouse to store the snapshot in flight"
-            await asyncio.wrap_future(future)
+            derived = await asyncio.wrap_future(future)
             in_flight.pop(0)
             processor.commit(snapshot)
             watch.stored()
             watch.stage = "publishing alerts"
             await publish_alerts()
+            underived.append((offsets, derived, time.monotonic()))
+        await finish_derived(wait=False)
+
+    async def finish_derived(wait: bool) -> None:
+        """Acknowledge the records of the pass in flight once it is done, and start the next pass over
+        every snapshot stored since when it is due (`wait`: wait for the pass, start the next now)."""
+        if deriving and (wait or deriving[0].done()):
+            future, passed = deriving
+            watch.stage = "waiting for ClickHouse to derive the rows stored"
+            await asyncio.wrap_future(future)
+            deriving.clear()
             watch.stage = "acknowledging stored records"
-            for tp, tp_offsets in offsets.items():
-                acknowledge(app.consumer, tp, tp_offsets)
+            for offsets in passed:
+                for tp, tp_offsets in offsets.items():
+                    acknowledge(app.consumer, tp, tp_offsets)
+        now = time.monotonic()
+        if underived and not deriving and (
+                wait or now - underived[0][2] >= settings.derive_interval_s
+                or now - last_record[0] >= settings.flush_interval_s):  # the input has paused
+            work = Derived()
+            for _, derived, _ in underived:
+                work.update(derived)
+            deriving[:] = [derive_executor.submit(until_done, deriver.derive, work), [o for o, _, _ in underived]]
+            underived.clear()
+
+    async def finish_writes() -> None:
+        """Everything processed stored, derived and acknowledged; the caller holds the lock."""
+        await finish_in_flight()
+        while deriving or underived:
+            await finish_derived(wait=True)
 
     async def publish_alerts() -> None:
         """Alerts go out once stored; the next snapshot records where they went."""
@@ -319,7 +361,7 @@ def build_app(settings: Settings, processor: Processor, writer=None) -> faust.Ap
         await finish_in_flight()
         watch.stage = "preparing a snapshot (reading rows that left memory)"
         snapshot = await read_with_retry(processor.prepare)  # reads only rows that left memory
-        future = executor.submit(write_until_stored, snapshot)
+        future = executor.submit(until_done, writer.insert, snapshot.batch)
         watch.writing()
         in_flight.append((future, snapshot, offsets))
 
@@ -420,6 +462,8 @@ def build_app(settings: Settings, processor: Processor, writer=None) -> faust.Ap
             last_record[0] = time.monotonic()
             if snapshot_due():
                 await snapshot_pending()
+            else:
+                await finish_derived(wait=False)
             watch.stage = "waiting for records"
         return done
 
@@ -442,11 +486,14 @@ def build_app(settings: Settings, processor: Processor, writer=None) -> faust.Ap
         async with lock:
             processor.tick()
             if writing():
+                await finish_derived(wait=False)
                 return  # holding the lock until it is written would stall the agent
             if (pending or processor.has_alerts()) and idle_snapshot_due():
                 await snapshot_pending()
             elif in_flight:
                 await finish_in_flight()
+            else:
+                await finish_derived(wait=False)
             watch.stage = "waiting for records"
 
     async def store_all_held() -> None:
@@ -454,7 +501,7 @@ def build_app(settings: Settings, processor: Processor, writer=None) -> faust.Ap
         await finish_in_flight()
         if pending or processor.has_pending():
             await snapshot_pending()
-            await finish_in_flight()
+        await finish_writes()
 
     async def store_held_records() -> None:
         async with lock:
@@ -507,11 +554,12 @@ def run_worker(settings: Settings, loglevel: str = "warning") -> None:
         load_provinces(settings.provinces_file), clock=time.time,
         catalogue=load_catalogue(settings.catalogue_file),
     )
-    writer = None
+    writer = deriver = None
     if not clickhouse.startswith("chdb:"):
         writer = WriterProcess(clickhouse, settings.clickhouse_timeout_s)
         writer.start()
-    app = build_app(settings, processor, writer)
+        deriver = ClickHouseSink(connect(clickhouse, settings.clickhouse_timeout_s))
+    app = build_app(settings, processor, writer, deriver)
     # Rows wait in memory between writes; with the default thresholds the collector walks them
     # again and again. Freeze what start-up allocated and collect young objects less often.
     gc.freeze()

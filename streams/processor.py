@@ -17,7 +17,7 @@ import datetime
 import logging
 import time
 import traceback
-from operator import add
+from operator import add, sub
 from typing import NamedTuple
 
 import msgspec
@@ -45,11 +45,13 @@ from opscentre.measures import END_TO_END_BUCKETS, SECURITY_COUNTERS, SERVICE_CO
 from opscentre.rejections import dead_letter, scrub_personal, stored_original
 from sinks.clickhouse_sink import (
     ALERT_COLUMNS,
+    GRAINS,
     NO_MARKS_ROW,
     SECURITY_MINUTE,
     SERVICE_MINUTE,
     ClickHouseSink,
     WriteBatch,
+    at_grain,
 )
 
 from .dedup import RecentIds
@@ -171,7 +173,7 @@ class Snapshot(NamedTuple):
 class Row:
     """One (minute, dimensions) row of a partition: counts and the version stored in ClickHouse."""
 
-    __slots__ = ("counters", "version", "needs_base", "unknown_agency")
+    __slots__ = ("counters", "version", "needs_base", "unknown_agency", "written")
 
     def __init__(self, width: int, version: int = -1, needs_base: bool = False):
         self.counters = [0] * width
@@ -179,13 +181,21 @@ class Row:
         self.needs_base = needs_base  # stored counts may exist and must be added before writing
         # Service rows: the agency is not in the catalogue. Asked once per row, not per event.
         self.unknown_agency = False
+        # The counters last put in a snapshot (None: none yet): what changed since goes to the
+        # hour, day and month rows. `counters` is replaced, never changed in place.
+        self.written = None
+
+
+# The grains the stream sums minute rows into (hour, day, month).
+ROLLUP_GRAINS = GRAINS[1:]
 
 
 class PartitionState:
     __slots__ = (
         "topic", "topic_id", "partition", "table", "rows", "dirty", "recent",
         "next_offset", "stored_through", "max_window", "stored_up_to", "tracker", "last_record_wall_ms", "rebuild",
-        "lifecycle", "stored_version", "last_record_ms", "resolved",
+        "lifecycle", "stored_version", "last_record_ms", "resolved", "rollups", "rollups_loaded_from",
+        "rollups_evicted_up_to",
     )
 
     def __init__(self, topic, topic_id, partition, table, horizon_ms):
@@ -204,6 +214,13 @@ class PartitionState:
         # Minutes up to this one may have stored rows that are not in memory (stored before the
         # take-over, or evicted since); later minutes only have rows this worker created.
         self.stored_up_to = -1
+        # The hour, day and month rows ({(bucket start, *dimensions): Row} per ROLLUP_GRAINS), sums
+        # of the minute rows' changes. Buckets before `rollups_loaded_from` (per grain: the bucket
+        # of the latest stored minute, loaded whole at the take-over) or starting up to
+        # `rollups_evicted_up_to` may have stored rows not in memory; later ones have none.
+        self.rollups: list = [{} for _ in ROLLUP_GRAINS]
+        self.rollups_loaded_from: list = [-1 for _ in ROLLUP_GRAINS]
+        self.rollups_evicted_up_to = -1
         # Overdue dossiers and feedback: service partitions only.
         self.tracker = OverdueTracker(horizon_ms) if table is SERVICE_MINUTE else None
         # Every item still open (carried-over and overdue counts): service partitions only.
@@ -223,6 +240,11 @@ class PartitionState:
         if window > self.max_window:
             self.max_window = window
         return row
+
+
+def _change(row: Row) -> list:
+    """What a row's counters gained since they were last put in a snapshot."""
+    return row.counters if row.written is None else list(map(sub, row.counters, row.written))
 
 
 def alert_key(row) -> str:
@@ -843,12 +865,14 @@ class Processor:
         width = len(table.counters)
         for key, (counters, version) in snapshot.rows.items():
             row = Row(width, version=version)
-            row.counters = counters
+            row.counters = row.written = counters
             if table is SERVICE_MINUTE:
                 row.unknown_agency = not self.knows_agency(key[1], key[2])
             state.rows[key] = row
             state.stored_through = max(state.stored_through, version)
         state.max_window = state.stored_up_to = snapshot.max_window
+        if snapshot.max_window >= 0:
+            self._load_rollups(state, snapshot.max_window)
         state.recent.preload(snapshot.seen)
         state.next_offset = offset
         if state.lifecycle is not None:
@@ -915,6 +939,7 @@ class Processor:
                 state.tracker.snapshot_taken()
             if not state.dirty:
                 continue
+            changes = [(key, _change(state.rows[key])) for key in state.dirty]  # before stored bases are added
             missing = [key for key in state.dirty if state.rows[key].needs_base]
             if missing:
                 stored = self.sink.fetch_rows(state.table, state.topic_id, state.partition, missing)
@@ -930,14 +955,60 @@ class Processor:
             append = (batch.service_minute if state.table is SERVICE_MINUTE else batch.security_minute).append
             topic_id, partition, rows = state.topic_id, state.partition, state.rows
             for key in state.dirty:
-                append((*key, topic_id, partition, version, *rows[key].counters))
+                row = rows[key]
+                append((*key, topic_id, partition, version, *row.counters))
+                row.written = row.counters
                 if key[0] > latest_window:
                     latest_window = key[0]
             state.dirty = set()
+            self._roll_up(state, changes, version, batch)
         snapshot = Snapshot(batch, versions, self.pending_record_ms, latest_window)
         self.batch = WriteBatch()
         self.pending_record_ms = []
         return snapshot
+
+    def _load_rollups(self, state: PartitionState, latest_minute: int) -> None:
+        """The stored hour, day and month rows of the buckets holding the partition's latest stored
+        minute: what the stream goes on adding to after a take-over, read once instead of row by row."""
+        width = len(state.table.counters)
+        for index, (grain, rows) in enumerate(zip(ROLLUP_GRAINS, state.rollups)):
+            bucket = grain.bucket(latest_minute)
+            for key, (counters, version) in self.sink.load_bucket(
+                    at_grain(state.table, grain), state.topic_id, state.partition, bucket).items():
+                row = rows[key] = Row(width, version=version)
+                row.counters = counters
+            state.rollups_loaded_from[index] = bucket
+
+    def _roll_up(self, state: PartitionState, changes: list, version: int, batch: WriteBatch) -> None:
+        """Add the minute rows' changes to their hour, day and month rows and put those in the batch.
+        A bucket that may have stored rows not in memory gets them added first, as minute rows do."""
+        width = len(state.table.counters)
+        evicted_up_to = state.rollups_evicted_up_to
+        topic_id, partition = state.topic_id, state.partition
+        for grain, rows, loaded_from in zip(ROLLUP_GRAINS, state.rollups, state.rollups_loaded_from):
+            touched = {}
+            buckets: dict = {}
+            for key, change in changes:
+                bucket = buckets.get(key[0])
+                if bucket is None:
+                    bucket = buckets[key[0]] = grain.bucket(key[0])
+                coarse_key = (bucket, *key[1:])
+                row = rows.get(coarse_key)
+                if row is None:
+                    row = rows[coarse_key] = Row(width, needs_base=bucket < loaded_from or bucket <= evicted_up_to)
+                row.counters = list(map(add, row.counters, change))
+                touched[coarse_key] = row
+            table = at_grain(state.table, grain)
+            missing = [key for key, row in touched.items() if row.needs_base]
+            if missing:
+                stored = self.sink.fetch_rows(table, topic_id, partition, missing)
+                for key in missing:
+                    row = touched[key]
+                    if key in stored:
+                        row.counters = list(map(add, row.counters, stored[key][0]))
+                    row.needs_base = False
+            batch.rollups.setdefault(table.name, []).extend(
+                (*key, topic_id, partition, version, *row.counters) for key, row in touched.items())
 
     def commit(self, snapshot: "Snapshot") -> None:
         """Record that a snapshot is stored: its rows' versions now cover its records."""
@@ -985,6 +1056,13 @@ class Processor:
                 del state.rows[key]
             if old:
                 state.stored_up_to = max(state.stored_up_to, max(key[0] for key in old))
+            for grain, rows in zip(ROLLUP_GRAINS, state.rollups):
+                ends = {bucket: grain.next(bucket) for bucket in {key[0] for key in rows}}
+                old = [key for key in rows if ends[key[0]] <= horizon]
+                for key in old:
+                    del rows[key]
+                if old:
+                    state.rollups_evicted_up_to = max(state.rollups_evicted_up_to, max(key[0] for key in old))
             if state.tracker is not None:
                 state.tracker.forget_alerted()
                 WATERMARK.labels(str(state.partition)).set(max(0, state.tracker.watermark) / 1000)

@@ -29,10 +29,14 @@ class MemorySink:
             from opscentre.clickhouse import StoreUnavailable
 
             raise StoreUnavailable("down")
-        for table, names, columns, _ in batch.inserts():
+        from sinks.clickhouse_sink import ROLLUP_COLUMNS, _columns
+
+        rollups = [(table, ROLLUP_COLUMNS[table], _columns(rows, len(ROLLUP_COLUMNS[table])), len(rows))
+                   for table, rows in batch.rollups.items()]
+        for table, names, columns, _ in batch.inserts() + rollups:
             if table in SEEN_VIEWS.values():  # the raw tables seen_event_ids is copied from
                 self.seen += list(zip(*(columns[names.index(name)] for name in SEEN_COLUMNS)))
-            if not table.endswith("_minute"):
+            if not table.endswith(("_minute", "_hour", "_day", "_month")):  # the minute rows and the rollups
                 continue
             dims = names.index("topic_id") - 1
             for values in zip(*columns):
@@ -49,6 +53,10 @@ class MemorySink:
         rows = {k: (list(c), v) for k, (c, v) in mine.items() if v >= first_offset}
         seen = [(e, ms) for t, p, ms, off, e in self.seen if (t, p) == (topic_id, partition) and off < first_offset]
         return PartitionSnapshot(rows, max((k[0] for k in mine), default=-1), sorted(seen, key=lambda s: s[1]))
+
+    def load_bucket(self, table, topic_id, partition, bucket_s):
+        return {k[3]: (list(c), v) for k, (c, v) in self.rows.items()
+                if k[:3] == (table.name, topic_id, partition) and k[3][0] == bucket_s}
 
     def fetch_rows(self, table, topic_id, partition, keys):
         return {k: (list(self.rows[(table.name, topic_id, partition, k)][0]), self.rows[(table.name, topic_id, partition, k)][1])
@@ -83,8 +91,26 @@ class MemorySink:
         return total
 
 
-def records(count=200, per_record=5):
-    simulator = Simulator(3, 5.0, 1_795_000_000_000, steady=True)
+def assert_rollups_are_sums(sink) -> None:
+    """Every hour, day and month row the stream wrote is the sum of its minute rows, and every
+    minute row is in one."""
+    from sinks.clickhouse_sink import GRAINS, SECURITY_MINUTE, SERVICE_MINUTE, grain_table
+
+    for table in (SERVICE_MINUTE, SECURITY_MINUTE):
+        for grain in GRAINS[1:]:
+            expected = {}
+            for (name, topic_id, partition, key), (counters, _) in sink.rows.items():
+                if name == table.name:
+                    slot = (topic_id, partition, grain.bucket(key[0]), *key[1:])
+                    expected[slot] = [a + b for a, b in zip(expected.get(slot, [0] * len(counters)), counters)]
+            actual = {(topic_id, partition, *key): counters
+                      for (name, topic_id, partition, key), (counters, _) in sink.rows.items()
+                      if name == grain_table(table, grain)}
+            assert actual == expected, (table.name, grain.name)
+
+
+def records(count=200, per_record=5, rate=5.0):
+    simulator = Simulator(3, rate, 1_795_000_000_000, steady=True)
     events = []
     while len(events) < count * per_record:
         event = simulator.next_event()
@@ -116,6 +142,7 @@ def test_replay_after_crash_counts_nothing_twice():
     # A crash: a new worker resumes from an older committed offset, replaying 60..119.
     run(processor(sink), values, range(60, len(values)))
     assert sink.totals() == reference.totals()
+    assert_rollups_are_sums(sink)
 
 
 def test_rewind_within_a_worker_and_failed_flush():
@@ -135,10 +162,11 @@ def test_rewind_within_a_worker_and_failed_flush():
     run(proc, values, range(101, 150))
     run(proc, values, range(30, len(values)))  # the consumer seeks back: offsets go backwards
     assert sink.totals() == reference.totals()
+    assert_rollups_are_sums(sink)
 
 
 def test_late_event_for_an_evicted_minute_adds_to_the_stored_row():
-    values = records()
+    values = records(rate=0.1)  # hours of event time: hour rows leave memory too
     late = [json.dumps([dict(e, event_id="late-" + e["event_id"]) for e in json.loads(v)]).encode() for v in values[:20]]
     values = values + late  # the same early minutes again, hours later in the partition
     reference = MemorySink()
@@ -150,5 +178,8 @@ def test_late_event_for_an_evicted_minute_adds_to_the_stored_row():
     run(proc, values, range(0, len(values) - len(late)))
     proc._evict()
     assert all(key[0] >= proc.partitions[(TOPIC, 0)].max_window for key in proc.partitions[(TOPIC, 0)].rows)
+    hours = proc.partitions[(TOPIC, 0)].rollups[0]
+    assert hours and all(key[0] + 3600 > proc.partitions[(TOPIC, 0)].max_window for key in hours)
     run(proc, values, range(len(values) - len(late), len(values)))
     assert sink.totals() == reference.totals()
+    assert_rollups_are_sums(sink)

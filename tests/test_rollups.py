@@ -130,3 +130,107 @@ def test_a_write_touching_twenty_thousand_minutes_fits_the_query_size_of_clickho
     # 18.16's 256 KiB max_query_size, and the worker retried that write forever.
     store = connect(clickhouse_url)
     _check_sparse(store, _fill_sparse(store))
+
+
+def _fill_with_redelivery(store, events=2400, per_record=8):
+    """Records through one processor, then a second one resuming 40% earlier (a worker that died
+    after storing records it had not committed): their transitions come twice."""
+    from opscentre.settings import Settings
+    from producers.simulator import Simulator
+    from streams.processor import Processor
+
+    migrate(store)
+    settings = Settings(topic_prefix="r")
+    simulator = Simulator(6, 0.5, 1_790_000_000_000, steady=True)
+    drawn = [simulator.next_event() for _ in range(events * 2)]
+    service = [e for e in drawn if e["event_type"] != "security.alert"][:events]
+    records = [json.dumps(service[i:i + per_record]).encode() for i in range(0, len(service), per_record)]
+
+    def run(first: int, last: int) -> None:
+        processor = Processor(settings, {settings.service_topic: "ts", settings.security_topic: "tz"},
+                              ClickHouseSink(store), b"k", ["%02d" % i for i in range(100)],
+                              clock=lambda: 1_795_000_000.0)
+        for offset in range(first, last):
+            processor.process(settings.service_topic, offset % 2, offset // 2, 1_794_999_000_000 + offset,
+                              records[offset])
+            if offset % 13 == 0:
+                processor.flush()
+        processor.flush()
+
+    run(0, len(records))
+    run(int(len(records) * 0.6) // 2 * 2, len(records))
+
+
+def _check_lifecycle_is_the_edges(store) -> None:
+    """Every lifecycle row of every grain is the sum of its stored transitions (lifecycle_edges)."""
+    from sinks.clickhouse_sink import LIFECYCLE_MINUTE
+
+    sums = ", ".join(
+        f"sumIf(weight, kind = '{kind}' AND family = '{family}' AND direction = '{direction}')"
+        for kind in ("dossier", "feedback") for family in ("open", "overdue") for direction in ("entered", "left"))
+    minutes = {}
+    for row in store.query(
+            f"SELECT intDiv(intDiv(at_ms, 1000), 60) * 60 AS m, province, agency, procedure_code, topic_id, "
+            f"source_partition, {sums} FROM {store.table('lifecycle_edges')} FINAL "
+            f"GROUP BY m, province, agency, procedure_code, topic_id, source_partition"):
+        minutes[(int(row[0]), *row[1:6])] = [int(v) for v in row[6:]]
+    assert sum(counts[0] for counts in minutes.values()) > 100  # dossiers received
+    for grain in GRAINS:
+        expected = {}
+        for key, counts in minutes.items():
+            slot = (grain.bucket(key[0]), *key[1:])
+            expected[slot] = [a + b for a, b in zip(expected.get(slot, [0] * len(counts)), counts)]
+        counters = ", ".join(LIFECYCLE_MINUTE.counters)
+        actual = {(int(row[0]), *row[1:6]): [int(v) for v in row[6:]] for row in store.query(
+            f"SELECT toUInt32(window_start), province, agency, procedure_code, topic_id, source_partition, {counters} "
+            f"FROM {store.table(grain_table(LIFECYCLE_MINUTE, grain))} FINAL")}
+        nonzero = lambda rows: {k: v for k, v in rows.items() if any(v)}  # noqa: E731
+        assert nonzero(actual) == nonzero(expected), grain.name
+
+
+@pytest.mark.integration
+def test_lifecycle_rows_are_the_sums_of_their_edges_after_a_redelivery(clickhouse_url):
+    store = connect(clickhouse_url)
+    _fill_with_redelivery(store)
+    _check_lifecycle_is_the_edges(store)
+
+
+@pytest.mark.integration
+def test_lifecycle_rows_stay_exact_when_a_pass_fails_half_way_or_is_done_twice(clickhouse_url):
+    from opscentre.clickhouse import StoreUnavailable
+    from opscentre.settings import Settings
+    from producers.simulator import Simulator
+    from sinks.clickhouse_sink import Derived
+    from streams.processor import Processor
+
+    store = connect(clickhouse_url)
+    migrate(store)
+    settings = Settings(topic_prefix="r")
+    sink = ClickHouseSink(store)
+    processor = Processor(settings, {settings.service_topic: "ts", settings.security_topic: "tz"}, sink, b"k",
+                          ["%02d" % i for i in range(100)], clock=lambda: 1_795_000_000.0)
+    simulator = Simulator(7, 0.5, 1_790_000_000_000, steady=True)
+    service = [e for e in (simulator.next_event() for _ in range(3000)) if e["event_type"] != "security.alert"]
+    for offset, first in enumerate(range(0, len(service), 10)):
+        processor.process(settings.service_topic, 0, offset, 1_794_999_000_000, json.dumps(service[first:first + 10]).encode())
+        if offset % 20 != 19:
+            continue
+        snapshot = processor.prepare()
+        _, derived = sink.store_rows(snapshot.batch)
+        execute, failed = store.execute, []
+
+        def execute_failing_once(sql, *args, **kwargs):
+            if sql.startswith(f"INSERT INTO {store.table('lifecycle_day')} ") and not failed:
+                failed.append(sql)
+                raise StoreUnavailable("down")
+            return execute(sql, *args, **kwargs)
+
+        store.execute = execute_failing_once
+        with pytest.raises(StoreUnavailable):
+            sink.derive_rows(derived)  # lifecycle_minute and _hour written, _day not
+        store.execute = execute
+        sink.derive_rows(derived)  # the retry
+        sink.derive_rows(Derived(set(derived.lifecycle)))  # the same pass again
+        processor.commit(snapshot)
+    processor.flush()
+    _check_lifecycle_is_the_edges(store)

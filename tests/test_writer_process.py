@@ -10,7 +10,7 @@ import time
 import pytest
 
 from opscentre.clickhouse import connect
-from sinks.clickhouse_sink import SERVICE_RAW_COLUMNS, WriteBatch
+from sinks.clickhouse_sink import SERVICE_RAW_COLUMNS, Derived, WriteBatch
 from sinks.schema import migrate
 from sinks.writer_process import WriterProcess
 
@@ -50,11 +50,12 @@ def test_writer_connects_at_start_and_comes_back_after_being_killed(clickhouse_u
         assert tcp_connections(store) > before
 
         batch = [raw_event(offset) for offset in range(5)]
-        assert writer.write(WriteBatch(service_raw=batch)) == 5
+        assert writer.insert(WriteBatch(service_raw=batch)) == Derived()
+        assert stored(store) == 5
         os.kill(writer._process.pid, signal.SIGKILL)
         writer._process.join(10)
         # The next write starts a new child; the same rows written again are stored once.
-        assert writer.write(WriteBatch(service_raw=batch)) == 5
+        writer.insert(WriteBatch(service_raw=batch))
         assert stored(store) == 5
     finally:
         writer.close()
