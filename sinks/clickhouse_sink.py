@@ -120,16 +120,14 @@ def grain_table(table: AggregateTable, grain: Grain) -> str:
     return table.name.rsplit("_", 1)[0] + "_" + grain.name
 
 
+# The hour, day and month tables of the rows the stream keeps, by name: same columns as the minute rows.
+ROLLUP_TABLES = {grain_table(table, grain): AggregateTable(grain_table(table, grain), table.dimensions, table.counters)
+                 for table in (SERVICE_MINUTE, SECURITY_MINUTE) for grain in GRAINS[1:]}
+
+
 def at_grain(table: AggregateTable, grain: Grain) -> AggregateTable:
-    """The table of `table`'s rows at a coarser grain: same columns."""
-    return AggregateTable(grain_table(table, grain), table.dimensions, table.counters)
-
-
-# The worker's hour, day and month rows: {table name: columns}.
-ROLLUP_COLUMNS = {grain_table(table, grain): table.columns
-                  for table in (SERVICE_MINUTE, SECURITY_MINUTE) for grain in GRAINS[1:]}
-ROLLUP_COUNTERS = {grain_table(table, grain): table.counters
-                   for table in (SERVICE_MINUTE, SECURITY_MINUTE) for grain in GRAINS[1:]}
+    """The table of the stream's `table` rows at a coarser grain."""
+    return ROLLUP_TABLES[grain_table(table, grain)]
 
 
 @dataclass
@@ -143,7 +141,7 @@ class WriteBatch:
     alerts: list = field(default_factory=list)  # ALERT_COLUMNS
     service_minute: list = field(default_factory=list)  # SERVICE_MINUTE.columns
     security_minute: list = field(default_factory=list)  # SECURITY_MINUTE.columns
-    # {ROLLUP_COLUMNS table: [rows in its columns' order]}: written after the others, with the
+    # {ROLLUP_TABLES name: [rows in its columns' order]}: written after the others, with the
     # lifecycle rows (Derived), not by inserts().
     rollups: dict = field(default_factory=dict)
 
@@ -173,11 +171,12 @@ class WriteBatch:
 _RAW_TOPIC = SERVICE_RAW_COLUMNS.index("topic_id")
 
 
-
 def marked_minutes(raw_rows: list, marks_rows: list) -> set:
     """(topic id, partition, minute) of every lifecycle transition the rows carry."""
     touched = set()
     for raw, marks in zip(raw_rows, marks_rows):
+        if marks is NO_MARKS_ROW:
+            continue
         topic_id, partition = raw[_RAW_TOPIC], raw[_RAW_TOPIC + 1]
         for at, weight in ((marks[0], marks[1]), (marks[2], marks[3]), (marks[4], marks[5]), (marks[6], marks[7])):
             if weight:
@@ -244,7 +243,7 @@ def keyed_rollups(rollups: dict) -> dict:
     """A batch's rollup rows ({table: [row]}) by key: {table: {(bucket, *dimensions, topic id, partition): row}}."""
     keyed = {}
     for table, rows in rollups.items():
-        key_width = len(ROLLUP_COLUMNS[table]) - len(ROLLUP_COUNTERS[table]) - 1  # the columns before the version
+        key_width = len(ROLLUP_TABLES[table].columns) - len(ROLLUP_TABLES[table].counters) - 1  # before the version
         keyed[table] = {tuple(row[:key_width]): row for row in rows}
     return keyed
 
@@ -302,8 +301,7 @@ class ClickHouseSink:
 
     def write(self, batch: WriteBatch) -> int:
         """Insert a batch and recompute what derives from it; returns the number of rows written."""
-        stats, derived = self.store_rows(batch)
-        return record_write(stats + self.derive_rows(derived))
+        return record_write(self.write_rows(batch))
 
     def write_rows(self, batch: WriteBatch) -> list:
         """Insert a batch, then what derives from it; returns (table, rows, seconds) per statement, for the metrics."""
@@ -334,7 +332,7 @@ class ClickHouseSink:
         stats = []
         for table, rows in derived.rollups.items():
             started = time.perf_counter()
-            columns = ROLLUP_COLUMNS[table]
+            columns = ROLLUP_TABLES[table].columns
             self.store.insert(table, list(columns), _columns(list(rows.values()), len(columns)))
             stats.append((table, len(rows), time.perf_counter() - started))
         if derived.lifecycle:

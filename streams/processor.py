@@ -940,16 +940,7 @@ class Processor:
             if not state.dirty:
                 continue
             changes = [(key, _change(state.rows[key])) for key in state.dirty]  # before stored bases are added
-            missing = [key for key in state.dirty if state.rows[key].needs_base]
-            if missing:
-                stored = self.sink.fetch_rows(state.table, state.topic_id, state.partition, missing)
-                for key in missing:
-                    row = state.rows[key]
-                    if key in stored:
-                        counters, version = stored[key]
-                        row.counters = [a + b for a, b in zip(row.counters, counters)]
-                        row.version = version
-                    row.needs_base = False
+            self._add_stored(state, state.table, state.rows, state.dirty)
             version = state.next_offset - 1
             versions.append((state, version, state.dirty))
             append = (batch.service_minute if state.table is SERVICE_MINUTE else batch.security_minute).append
@@ -966,6 +957,21 @@ class Processor:
         self.batch = WriteBatch()
         self.pending_record_ms = []
         return snapshot
+
+    def _add_stored(self, state: PartitionState, table, rows: dict, keys) -> None:
+        """Add to each of the rows of `keys` ({key: Row} of `table`) that may have a stored row not in
+        memory that stored row's counts, read by key, and take its version."""
+        missing = [key for key in keys if rows[key].needs_base]
+        if not missing:
+            return
+        stored = self.sink.fetch_rows(table, state.topic_id, state.partition, missing)
+        for key in missing:
+            row = rows[key]
+            if key in stored:
+                counters, version = stored[key]
+                row.counters = list(map(add, row.counters, counters))
+                row.version = version
+            row.needs_base = False
 
     def _load_rollups(self, state: PartitionState, latest_minute: int) -> None:
         """The stored hour, day and month rows of the buckets holding the partition's latest stored
@@ -999,14 +1005,7 @@ class Processor:
                 row.counters = list(map(add, row.counters, change))
                 touched[coarse_key] = row
             table = at_grain(state.table, grain)
-            missing = [key for key, row in touched.items() if row.needs_base]
-            if missing:
-                stored = self.sink.fetch_rows(table, topic_id, partition, missing)
-                for key in missing:
-                    row = touched[key]
-                    if key in stored:
-                        row.counters = list(map(add, row.counters, stored[key][0]))
-                    row.needs_base = False
+            self._add_stored(state, table, touched, touched)
             batch.rollups.setdefault(table.name, []).extend(
                 (*key, topic_id, partition, version, *row.counters) for key, row in touched.items())
 

@@ -29,9 +29,9 @@ class MemorySink:
             from opscentre.clickhouse import StoreUnavailable
 
             raise StoreUnavailable("down")
-        from sinks.clickhouse_sink import ROLLUP_COLUMNS, _columns
+        from sinks.clickhouse_sink import ROLLUP_TABLES, _columns
 
-        rollups = [(table, ROLLUP_COLUMNS[table], _columns(rows, len(ROLLUP_COLUMNS[table])), len(rows))
+        rollups = [(table, ROLLUP_TABLES[table].columns, _columns(rows, len(ROLLUP_TABLES[table].columns)), len(rows))
                    for table, rows in batch.rollups.items()]
         for table, names, columns, _ in batch.inserts() + rollups:
             if table in SEEN_VIEWS.values():  # the raw tables seen_event_ids is copied from
