@@ -86,7 +86,7 @@ class NoStore:
         pass
 
     def recompute_partition_lifecycle(self, *args):
-        pass
+        return []
 
     def load_open_state(self, *args):
         return [], []

@@ -2,11 +2,11 @@
 
 A flush is a sequence of columnar inserts: raw events (ClickHouse copies
 their accepted ids into seen_event_ids), rejections, alerts, then the
-per-minute rows last. The per-minute rows carry the version (source offset)
-that tells a resuming worker what is already counted, so they must only land
-once everything before them has. What derives from them follows, for many
-flushes at once (Derived): the hour, day and month rows the stream keeps, and
-the lifecycle rows ClickHouse recomputes from the transitions stored.
+per-minute rows last (the lifecycle rows after the partition's own). The
+per-minute rows carry the version (source offset) that tells a resuming worker
+what is already counted, so they must only land once everything before them
+has. The hour, day and month rows the stream keeps follow, for many flushes at
+once (Derived).
 """
 
 from __future__ import annotations
@@ -79,16 +79,16 @@ class AggregateTable:
 SERVICE_MINUTE = AggregateTable("service_minute", SERVICE_DIMENSIONS, SERVICE_COUNTERS)
 SECURITY_MINUTE = AggregateTable("security_minute", SECURITY_DIMENSIONS, SECURITY_COUNTERS)
 # Transitions of the open and overdue intervals of items (streams.lifecycle), per bucket of the
-# transition's time: sums of lifecycle_edges, recomputed like the rollups.
+# transition's time: the sums of lifecycle_edges, kept by the stream like the partition's own rows.
 LIFECYCLE_MINUTE = AggregateTable("lifecycle_minute", LIFECYCLE_DIMENSIONS, LIFECYCLE_COUNTERS)
 
 
 @dataclass(frozen=True)
 class Grain:
     """A bucket size of the per-partition rows, each coarser one the sum of the finer ones. The
-    stream keeps the service and security rows of every grain; the lifecycle rows are recomputed
-    in ClickHouse from the transitions stored (ClickHouseSink.derive), as are the rollups of rows a
-    worker that died stored past its last commit."""
+    stream keeps the rows of every grain; ClickHouse recomputes them from the finer rows (and the
+    lifecycle minute rows from the transitions stored) for the rows a worker that died stored past
+    its last commit."""
 
     name: str
     bucket_sql: str  # the bucket's start (epoch s, UTC) of the row's `window_start`
@@ -122,7 +122,7 @@ def grain_table(table: AggregateTable, grain: Grain) -> str:
 
 # The hour, day and month tables of the rows the stream keeps, by name: same columns as the minute rows.
 ROLLUP_TABLES = {grain_table(table, grain): AggregateTable(grain_table(table, grain), table.dimensions, table.counters)
-                 for table in (SERVICE_MINUTE, SECURITY_MINUTE) for grain in GRAINS[1:]}
+                 for table in (SERVICE_MINUTE, SECURITY_MINUTE, LIFECYCLE_MINUTE) for grain in GRAINS[1:]}
 
 
 def at_grain(table: AggregateTable, grain: Grain) -> AggregateTable:
@@ -141,8 +141,9 @@ class WriteBatch:
     alerts: list = field(default_factory=list)  # ALERT_COLUMNS
     service_minute: list = field(default_factory=list)  # SERVICE_MINUTE.columns
     security_minute: list = field(default_factory=list)  # SECURITY_MINUTE.columns
-    # {ROLLUP_TABLES name: [rows in its columns' order]}: written after the others, with the
-    # lifecycle rows (Derived), not by inserts().
+    lifecycle_minute: list = field(default_factory=list)  # LIFECYCLE_MINUTE.columns
+    # {ROLLUP_TABLES name: [rows in its columns' order]}: written after the others (Derived), not
+    # by inserts().
     rollups: dict = field(default_factory=dict)
 
     def inserts(self):
@@ -163,25 +164,12 @@ class WriteBatch:
                  len(self.service_minute)),
                 ("security_minute", SECURITY_MINUTE.columns,
                  _columns(self.security_minute, len(SECURITY_MINUTE.columns)), len(self.security_minute)),
+                # After the service rows: a lifecycle row stored says its records' rows are too.
+                ("lifecycle_minute", LIFECYCLE_MINUTE.columns,
+                 _columns(self.lifecycle_minute, len(LIFECYCLE_MINUTE.columns)), len(self.lifecycle_minute)),
             )
             if count
         ]
-
-
-_RAW_TOPIC = SERVICE_RAW_COLUMNS.index("topic_id")
-
-
-def marked_minutes(raw_rows: list, marks_rows: list) -> set:
-    """(topic id, partition, minute) of every lifecycle transition the rows carry."""
-    touched = set()
-    for raw, marks in zip(raw_rows, marks_rows):
-        if marks is NO_MARKS_ROW:
-            continue
-        topic_id, partition = raw[_RAW_TOPIC], raw[_RAW_TOPIC + 1]
-        for at, weight in ((marks[0], marks[1]), (marks[2], marks[3]), (marks[4], marks[5]), (marks[6], marks[7])):
-            if weight:
-                touched.add((topic_id, partition, at // 60000 * 60))
-    return touched
 
 
 # ClickHouse parses at most max_query_size bytes of a statement (256 KiB by default, the rest of
@@ -251,27 +239,23 @@ def keyed_rollups(rollups: dict) -> dict:
 @dataclass
 class Derived:
     """What stored batches leave to write: the hour, day and month rows the stream computed
-    ({table: {row key: row}}, the newest row of each key), and the (topic id, partition, minute) of
-    the lifecycle transitions they hold, whose lifecycle rows ClickHouse sums from lifecycle_edges.
-    Both are functions of stored rows, so the work of many batches is done at once, after they
-    are readable; redoing it is always safe."""
+    ({table: {row key: row}}, the newest row of each key). They are sums of stored minute rows,
+    so the rows of many batches are written at once, after those are readable, and writing them
+    again is always safe."""
 
-    lifecycle: set = field(default_factory=set)
     rollups: dict = field(default_factory=dict)
 
     @staticmethod
     def of(batch: WriteBatch) -> "Derived":
-        return Derived(marked_minutes(batch.service_raw, batch.service_marks) if batch.service_marks else set(),
-                       keyed_rollups(batch.rollups))
+        return Derived(keyed_rollups(batch.rollups))
 
     def update(self, other: "Derived") -> None:
         """Add a later batch's: its rows replace this one's of the same key."""
-        self.lifecycle |= other.lifecycle
         for table, rows in other.rollups.items():
             self.rollups.setdefault(table, {}).update(rows)
 
     def __bool__(self) -> bool:
-        return bool(self.lifecycle or self.rollups)
+        return bool(self.rollups)
 
 
 def _columns(rows: list, width: int) -> list:
@@ -327,21 +311,19 @@ class ClickHouseSink:
         return stats, Derived.of(batch)
 
     def derive_rows(self, derived: "Derived") -> list:
-        """What stored batches left (Derived): their hour, day and month rows, then the lifecycle
-        rows of the minutes they touched, and theirs."""
+        """What stored batches left (Derived): their hour, day and month rows."""
         stats = []
         for table, rows in derived.rollups.items():
             started = time.perf_counter()
             columns = ROLLUP_TABLES[table].columns
             self.store.insert(table, list(columns), _columns(list(rows.values()), len(columns)))
             stats.append((table, len(rows), time.perf_counter() - started))
-        if derived.lifecycle:
-            stats += self.recompute_lifecycle(derived.lifecycle)
         return stats
 
     def recompute_lifecycle(self, touched: set) -> list:
         """The lifecycle minute rows of the (topic id, partition, minute) given, from lifecycle_edges,
-        then their rollups. Like the rollups, a function of stored rows: always safe to redo."""
+        then their rollups: for the rows a worker that died may have left behind its transitions.
+        A function of stored rows: always safe to redo."""
         bucket = "intDiv(intDiv(at_ms, 1000), 60) * 60"
         sums = ", ".join(
             f"sumIf(weight, kind = '{kind}' AND family = '{family}' AND direction = '{direction}')"
@@ -358,14 +340,16 @@ class ClickHouseSink:
         stats = [(LIFECYCLE_MINUTE.name, len(touched), time.perf_counter() - started)]
         return stats + self.recompute_rollups(LIFECYCLE_MINUTE, touched)
 
-    def recompute_partition_lifecycle(self, topic_id: str, partition: int, since_offset: int) -> None:
-        """The lifecycle rows of a partition's edges stored at or after `since_offset` (a take-over)."""
-        minutes = self.store.query(
+    def recompute_partition_lifecycle(self, topic_id: str, partition: int, since_offset: int) -> list:
+        """The lifecycle rows of a partition's edges stored at or after `since_offset` (a take-over);
+        returns the minutes recomputed."""
+        minutes = [int(m) for (m,) in self.store.query(
             f"SELECT DISTINCT intDiv(intDiv(at_ms, 1000), 60) * 60 FROM {self.store.table('lifecycle_edges')} "
             f"WHERE topic_id = {quote(topic_id)} AND source_partition = {int(partition)} "
-            f"AND source_offset >= {int(since_offset)}")
+            f"AND source_offset >= {int(since_offset)}")]
         if minutes:
-            self.recompute_lifecycle({(topic_id, partition, int(m)) for (m,) in minutes})
+            self.recompute_lifecycle({(topic_id, partition, m) for m in minutes})
+        return minutes
 
     # -- open items (streams.lifecycle) ----------------------------------------------------
 
@@ -471,10 +455,14 @@ class ClickHouseSink:
         )
         return PartitionSnapshot(rows, int(max_window) if int(row_count) else -1, [(e, int(ms)) for e, ms in seen])
 
-    def load_bucket(self, table: AggregateTable, topic_id: str, partition: int, bucket_s: int) -> dict:
-        """A partition's stored rows of one bucket: {(bucket s, *dimensions): (counters, version)}."""
-        return self._select_rows(table, f"topic_id = {quote(topic_id)} AND source_partition = {int(partition)} "
-                                        f"AND window_start = toDateTime({int(bucket_s)})")
+    def load_rows(self, table: AggregateTable, topic_id: str, partition: int, from_s: int,
+                  from_version: int | None = None) -> dict:
+        """A partition's stored rows of the buckets from `from_s` (epoch s) on, and any with a
+        version at or past `from_version`: {(bucket s, *dimensions): (counters, version)}."""
+        where = f"window_start >= toDateTime({int(from_s)})"
+        if from_version is not None:
+            where = f"({where} OR version >= {int(from_version)})"
+        return self._select_rows(table, f"topic_id = {quote(topic_id)} AND source_partition = {int(partition)} AND {where}")
 
     def fetch_rows(self, table: AggregateTable, topic_id: str, partition: int, keys) -> dict:
         keys = list(keys)

@@ -3,9 +3,9 @@
 One agent reads both event topics and applies each record without
 acknowledging it, publishing its rejections. About once a second (or after
 enough records) it freezes what it has into a snapshot; a writer process
-stores the snapshot while the agent goes on. Its rows are then readable; the
-lifecycle rows get the snapshot's transitions from a thread of their own, in one
-pass over every snapshot stored since the last, and only then are the snapshots'
+stores the snapshot while the agent goes on. Its rows are then readable; their
+hour, day and month rows are written from a thread of their own, in one pass
+over every snapshot stored since the last, and only then are the snapshots'
 records acknowledged: Faust commits an offset once everything it leads to is
 stored. Whatever is redelivered past the committed offset is recognised by the
 row versions (see streams.processor) and does not count twice; a partition's
@@ -273,8 +273,8 @@ def build_app(settings: Settings, processor: Processor, writer=None, deriver=Non
     in_flight: list = []  # [(future, snapshot, {tp: [offsets]})] — at most one
     # Snapshots stored whose derived rows are not: ({tp: [offsets]}, Derived, when stored), oldest
     # first; and the pass in flight over some of them: [future, [{tp: [offsets]}, ...]] or empty.
-    # A pass costs about as much however many snapshots it covers (it reads the minutes they
-    # touched whole): under steady input one runs every `derive_interval_s`, at once when the
+    # A pass writes the newest row of each bucket the snapshots touched, the same hour rows
+    # again and again under steady input: one runs every `derive_interval_s`, at once when the
     # input pauses.
     underived: list = []
     deriving: list = []

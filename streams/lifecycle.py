@@ -14,8 +14,8 @@ comes at or before the start (closed in time), takes the entry back. So a count 
 t as soon as the events are stored, without waiting for the due time to pass.
 
 Each event carries its transitions to ClickHouse in its own row (`LifecycleMarks`, four times
-and weights), where a materialized view turns them into `lifecycle_edges`: nothing more is
-written. A closing of an item not held (never received, or received and already closed) is
+and weights), where a materialized view turns them into `lifecycle_edges`; the processor adds
+them to the partition's lifecycle rows. A closing of an item not held (never received, or received and already closed) is
 remembered for the horizon by record time, so a receipt that arrives after it pairs with it; a
 receipt later than that is taken as a new item, and a second closing of an item is ignored (the
 lifecycle view takes the earliest; README, "Limits").

@@ -46,8 +46,10 @@ from opscentre.rejections import dead_letter, scrub_personal, stored_original
 from sinks.clickhouse_sink import (
     ALERT_COLUMNS,
     GRAINS,
+    LIFECYCLE_MINUTE,
     NO_MARKS_ROW,
     SECURITY_MINUTE,
+    SERVICE_RAW_COLUMNS,
     SERVICE_MINUTE,
     ClickHouseSink,
     WriteBatch,
@@ -165,7 +167,7 @@ class Interrupted(StoreError):
 
 class Snapshot(NamedTuple):
     batch: WriteBatch
-    versions: list  # (partition state, version, keys written)
+    versions: list  # (partition state, row set, version, keys written)
     record_ms: list  # produce times of the records it stores, for the latency metric
     latest_window: int
 
@@ -190,12 +192,66 @@ class Row:
 ROLLUP_GRAINS = GRAINS[1:]
 
 
+class RowSet:
+    """A partition's rows of one minute table (`table`: its own events', or its items' lifecycle
+    transitions) with the hour, day and month rows summed from their changes.
+
+    Minutes up to `stored_up_to` may have stored rows not in memory (stored before the take-over,
+    or evicted since); later minutes' stored rows are all in memory. Likewise the buckets before
+    `rollups_loaded_from` (per grain: loaded from there at the take-over) or starting up to
+    `rollups_evicted_up_to`. A row that may have a stored row not in memory gets it added before
+    it is written (Processor._add_stored)."""
+
+    __slots__ = ("table", "rows", "dirty", "stored_up_to", "rollups", "rollups_loaded_from", "rollups_evicted_up_to")
+
+    def __init__(self, table):
+        self.table = table
+        self.rows: dict = {}
+        self.dirty: set = set()
+        self.stored_up_to = -1
+        self.rollups: list = [{} for _ in ROLLUP_GRAINS]
+        self.rollups_loaded_from: list = [-1 for _ in ROLLUP_GRAINS]
+        self.rollups_evicted_up_to = -1
+
+    def new_row(self, key: tuple) -> Row:
+        row = self.rows[key] = Row(len(self.table.counters), needs_base=key[0] <= self.stored_up_to)
+        return row
+
+    def load(self, rows: dict, stored_up_to: int, rollups: list) -> None:
+        """Stored rows ({key: (counters, version)}), and per grain (bucket loaded from, its rows and later ones)."""
+        width = len(self.table.counters)
+        for key, (counters, version) in rows.items():
+            row = self.rows[key] = Row(width, version=version)
+            row.counters = row.written = counters
+        self.stored_up_to = stored_up_to
+        for index, (loaded_from, stored) in enumerate(rollups):
+            for key, (counters, version) in stored.items():
+                row = self.rollups[index][key] = Row(width, version=version)
+                row.counters = counters
+            self.rollups_loaded_from[index] = loaded_from
+
+    def evict(self, horizon: int) -> None:
+        """Drop clean rows of minutes before `horizon` and rollups of buckets ended by then."""
+        dirty = self.dirty
+        old = [key for key in self.rows if key[0] < horizon and key not in dirty]
+        for key in old:
+            del self.rows[key]
+        if old:
+            self.stored_up_to = max(self.stored_up_to, max(key[0] for key in old))
+        for grain, rows in zip(ROLLUP_GRAINS, self.rollups):
+            ends = {bucket: grain.next(bucket) for bucket in {key[0] for key in rows}}
+            old = [key for key in rows if ends[key[0]] <= horizon]
+            for key in old:
+                del rows[key]
+            if old:
+                self.rollups_evicted_up_to = max(self.rollups_evicted_up_to, max(key[0] for key in old))
+
+
 class PartitionState:
     __slots__ = (
-        "topic", "topic_id", "partition", "table", "rows", "dirty", "recent",
-        "next_offset", "stored_through", "max_window", "stored_up_to", "tracker", "last_record_wall_ms", "rebuild",
-        "lifecycle", "stored_version", "last_record_ms", "resolved", "rollups", "rollups_loaded_from",
-        "rollups_evicted_up_to",
+        "topic", "topic_id", "partition", "table", "minutes", "recent",
+        "next_offset", "stored_through", "max_window", "tracker", "last_record_wall_ms", "rebuild",
+        "lifecycle", "lifecycle_rows", "stored_version", "last_record_ms", "resolved",
     )
 
     def __init__(self, topic, topic_id, partition, table, horizon_ms):
@@ -203,28 +259,19 @@ class PartitionState:
         self.topic_id = topic_id
         self.partition = partition
         self.table = table
-        self.rows: dict = {}
-        self.dirty: set = set()
+        self.minutes = RowSet(table)  # the rows of the partition's own events
         self.recent = RecentIds(horizon_ms)
         self.next_offset = 0
         # Highest version found stored when the partition was taken over: records at or
         # below it were written before, so their rejections are not published again.
         self.stored_through = -1
-        self.max_window = -1  # latest minute with a row, in memory or stored
-        # Minutes up to this one may have stored rows that are not in memory (stored before the
-        # take-over, or evicted since); later minutes only have rows this worker created.
-        self.stored_up_to = -1
-        # The hour, day and month rows ({(bucket start, *dimensions): Row} per ROLLUP_GRAINS), sums
-        # of the minute rows' changes. Buckets before `rollups_loaded_from` (per grain: the bucket
-        # of the latest stored minute, loaded whole at the take-over) or starting up to
-        # `rollups_evicted_up_to` may have stored rows not in memory; later ones have none.
-        self.rollups: list = [{} for _ in ROLLUP_GRAINS]
-        self.rollups_loaded_from: list = [-1 for _ in ROLLUP_GRAINS]
-        self.rollups_evicted_up_to = -1
+        self.max_window = -1  # latest minute with a row of its own, in memory or stored
         # Overdue dossiers and feedback: service partitions only.
         self.tracker = OverdueTracker(horizon_ms) if table is SERVICE_MINUTE else None
-        # Every item still open (carried-over and overdue counts): service partitions only.
+        # Every item still open (carried-over and overdue counts), and the rows of the transitions
+        # of their intervals (a receipt's reaches its due minute, days ahead): service partitions only.
         self.lifecycle = Lifecycle(horizon_ms) if table is SERVICE_MINUTE else None
+        self.lifecycle_rows = RowSet(LIFECYCLE_MINUTE) if table is SERVICE_MINUTE else None
         self.stored_version = -1  # highest version of this partition's rows known stored
         self.last_record_ms = 0
         self.resolved: set = set()  # (kind, item_id) resolved by records this worker sees again
@@ -233,13 +280,55 @@ class PartitionState:
         # partition over again from what ClickHouse stores (after storing what is held).
         self.rebuild = False
 
-    def new_row(self, key: tuple, width: int) -> Row:
-        """A row not in memory: its minute may have a stored row to add to at the next write."""
+    @property
+    def row_sets(self) -> tuple:
+        return (self.minutes,) if self.lifecycle_rows is None else (self.minutes, self.lifecycle_rows)
+
+    def new_row(self, key: tuple) -> Row:
+        """A row of its own not in memory: its minute may have a stored row to add to at the next write."""
         window = key[0]
-        row = self.rows[key] = Row(width, needs_base=window <= self.stored_up_to)
         if window > self.max_window:
             self.max_window = window
-        return row
+        return self.minutes.new_row(key)
+
+
+_RAW_TYPE, _RAW_PROVINCE, _RAW_AGENCY, _RAW_PROCEDURE, _RAW_OFFSET = (
+    SERVICE_RAW_COLUMNS.index(name) for name in ("event_type", "province", "agency", "procedure_code", "source_offset"))
+_LIFECYCLE_WIDTH = len(LIFECYCLE_MINUTE.counters)
+
+
+def _add_transitions(row_set: RowSet, raw: list, marks: list) -> None:
+    """Add the lifecycle transitions of new raw events (their marks, MARK_COLUMNS) to the rows of
+    their minutes, as ClickHouse sums lifecycle_edges: under the item's province, agency and
+    procedure (the event's own when the marks name none), counters in LIFECYCLE_COUNTERS order.
+    A row whose stored version covers an event's record already holds its transitions."""
+    rows = row_set.rows
+    touched: dict = {}  # key -> [row or None, counters to add, stored version, any added]
+    for event, mark in zip(raw, marks):
+        if mark is NO_MARKS_ROW:
+            continue
+        offset = event[_RAW_OFFSET]
+        first = 0 if event[_RAW_TYPE].startswith("dossier.") else 4
+        meta = (mark[8], mark[9], mark[10]) if mark[8] else (event[_RAW_PROVINCE], event[_RAW_AGENCY], event[_RAW_PROCEDURE])
+        for transition in range(4):
+            weight = mark[2 * transition + 1]
+            if not weight:
+                continue
+            key = (mark[2 * transition] // 60000 * 60, *meta)
+            entry = touched.get(key)
+            if entry is None:
+                row = rows.get(key)
+                entry = touched[key] = [row, [0] * _LIFECYCLE_WIDTH, -1 if row is None else row.version, False]
+            if offset > entry[2]:
+                entry[1][first + transition] += weight
+                entry[3] = True
+    for key, (row, counts, _, added) in touched.items():
+        if not added:  # its stored version covers every record that reached it
+            continue
+        if row is None:
+            row = row_set.new_row(key)
+        row.counters = list(map(add, row.counters, counts))
+        row_set.dirty.add(key)
 
 
 def _change(row: Row) -> list:
@@ -484,7 +573,7 @@ class Processor:
         return fresh, hashes, times
 
     def _plan_service(self, state, run: list, decoded: list) -> "_Plan":
-        rows, recent = state.rows, state.recent
+        rows, recent = state.minutes.rows, state.recent
         topic_id, partition = state.topic_id, state.partition
         stored_through = state.stored_through
         # row key -> [row or None (new), counters to add, agency not in the catalogue, stored version]
@@ -611,7 +700,7 @@ class Processor:
                      duplicates, unknown_agency, lifecycle_of)
 
     def _plan_security(self, state, run: list, decoded: list) -> "_Plan":
-        rows, recent = state.rows, state.recent
+        rows, recent = state.minutes.rows, state.recent
         topic_id, partition = state.topic_id, state.partition
         stored_through = state.stored_through
         touched: dict = {}
@@ -701,18 +790,19 @@ class Processor:
 
     def _commit_plan(self, state, plan: "_Plan", marks) -> None:
         """The plain end of applying records: rows, raw events, the ids accepted, metrics."""
-        dirty = state.dirty
+        dirty = state.minutes.dirty
         for key, (row, counts, unknown, _) in plan.touched.items():
             if not counts[0]:  # every event for it was already applied
                 continue
             if row is None:
-                row = state.new_row(key, plan.width)
+                row = state.new_row(key)
                 row.unknown_agency = unknown
             row.counters = list(map(add, row.counters, counts))
             dirty.add(key)
         plan.raw_table.extend(plan.raw)
         if marks is not None:
             self.batch.service_marks.extend(marks)
+            _add_transitions(state.lifecycle_rows, plan.raw, marks)
         state.recent.remember(plan.hashes, plan.fresh, plan.times)
         for cls, count in plan.accepted.items():
             _child(EVENTS_VALID, cls.__struct_config__.tag).inc(count)
@@ -862,24 +952,24 @@ class Processor:
         # Rows a worker that died stored past its last commit may lack their rollups.
         self.sink.recompute_partition_rollups(table, topic_id, partition, offset)
         state = PartitionState(topic, topic_id, partition, table, self.horizon_ms)
-        width = len(table.counters)
-        for key, (counters, version) in snapshot.rows.items():
-            row = Row(width, version=version)
-            row.counters = row.written = counters
+        # No row of its own is stored after its latest stored minute: the rollups' buckets are
+        # loaded from the one holding it on.
+        state.minutes.load(snapshot.rows, snapshot.max_window, self._stored_rollups(
+            state, table, snapshot.max_window) if snapshot.max_window >= 0 else [])
+        for key, row in state.minutes.rows.items():
             if table is SERVICE_MINUTE:
                 row.unknown_agency = not self.knows_agency(key[1], key[2])
-            state.rows[key] = row
-            state.stored_through = max(state.stored_through, version)
-        state.max_window = state.stored_up_to = snapshot.max_window
-        if snapshot.max_window >= 0:
-            self._load_rollups(state, snapshot.max_window)
+            state.stored_through = max(state.stored_through, row.version)
+        state.max_window = snapshot.max_window
         state.recent.preload(snapshot.seen)
         state.next_offset = offset
         if state.lifecycle is not None:
             open_items, closings = self.sink.load_open_state(topic_id, partition, offset, record_ms - self.horizon_ms)
             state.lifecycle.load(open_items)
             state.lifecycle.remember_closings(closings)
-            self.sink.recompute_partition_lifecycle(topic_id, partition, offset)
+            # Transitions a worker that died stored past its last commit, without their rows.
+            recomputed = self.sink.recompute_partition_lifecycle(topic_id, partition, offset)
+            self._load_lifecycle_rows(state, offset, recomputed)
         if state.tracker is not None:
             alerted, unpublished, closed, last_published = self.sink.load_alert_state(
                 topic_id, partition, offset, record_ms - self.horizon_ms)
@@ -914,7 +1004,8 @@ class Processor:
         return len(self.batch.service_raw) + len(self.batch.security_raw)
 
     def has_pending(self) -> bool:
-        return bool(self.pending_record_ms or self.batch.alerts) or any(s.dirty for s in self.partitions.values())
+        return bool(self.pending_record_ms or self.batch.alerts) or any(
+            s.minutes.dirty for s in self.partitions.values())
 
     def flush(self) -> int:
         """Write everything processed so far; raises StoreError and keeps it all for a retry."""
@@ -937,26 +1028,40 @@ class Processor:
         for state in self.partitions.values():
             if state.tracker is not None:
                 state.tracker.snapshot_taken()
-            if not state.dirty:
+            if not state.minutes.dirty:  # lifecycle transitions come with rows of its own
                 continue
-            changes = [(key, _change(state.rows[key])) for key in state.dirty]  # before stored bases are added
-            self._add_stored(state, state.table, state.rows, state.dirty)
             version = state.next_offset - 1
-            versions.append((state, version, state.dirty))
-            append = (batch.service_minute if state.table is SERVICE_MINUTE else batch.security_minute).append
-            topic_id, partition, rows = state.topic_id, state.partition, state.rows
-            for key in state.dirty:
-                row = rows[key]
-                append((*key, topic_id, partition, version, *row.counters))
-                row.written = row.counters
-                if key[0] > latest_window:
-                    latest_window = key[0]
-            state.dirty = set()
-            self._roll_up(state, changes, version, batch)
+            for row_set in state.row_sets:
+                if not row_set.dirty:
+                    continue
+                keys = row_set.dirty
+                written = self._write_rows(state, row_set, keys, version, batch)
+                versions.append((state, row_set, version, keys))
+                if row_set is state.minutes and written > latest_window:
+                    latest_window = written
         snapshot = Snapshot(batch, versions, self.pending_record_ms, latest_window)
         self.batch = WriteBatch()
         self.pending_record_ms = []
         return snapshot
+
+    def _write_rows(self, state: PartitionState, row_set: RowSet, keys: set, version: int, batch: WriteBatch) -> int:
+        """Put a row set's dirty rows and their hour, day and month rows in the batch, at `version`;
+        returns the latest minute written."""
+        rows = row_set.rows
+        changes = [(key, _change(rows[key])) for key in keys]  # before stored bases are added
+        self._add_stored(state, row_set.table, rows, keys)
+        append = getattr(batch, row_set.table.name).append
+        topic_id, partition = state.topic_id, state.partition
+        latest = -1
+        for key in keys:
+            row = rows[key]
+            append((*key, topic_id, partition, version, *row.counters))
+            row.written = row.counters
+            if key[0] > latest:
+                latest = key[0]
+        row_set.dirty = set()
+        self._roll_up(state, row_set, changes, version, batch)
+        return latest
 
     def _add_stored(self, state: PartitionState, table, rows: dict, keys) -> None:
         """Add to each of the rows of `keys` ({key: Row} of `table`) that may have a stored row not in
@@ -973,25 +1078,38 @@ class Processor:
                 row.version = version
             row.needs_base = False
 
-    def _load_rollups(self, state: PartitionState, latest_minute: int) -> None:
-        """The stored hour, day and month rows of the buckets holding the partition's latest stored
-        minute: what the stream goes on adding to after a take-over, read once instead of row by row."""
-        width = len(state.table.counters)
-        for index, (grain, rows) in enumerate(zip(ROLLUP_GRAINS, state.rollups)):
-            bucket = grain.bucket(latest_minute)
-            for key, (counters, version) in self.sink.load_bucket(
-                    at_grain(state.table, grain), state.topic_id, state.partition, bucket).items():
-                row = rows[key] = Row(width, version=version)
-                row.counters = counters
-            state.rollups_loaded_from[index] = bucket
+    def _stored_rollups(self, state: PartitionState, table, minute: int) -> list:
+        """Per grain, (the bucket holding `minute`, the stored rows of that bucket and later ones): what
+        the stream goes on adding to after a take-over, read once instead of row by row."""
+        stored = []
+        for grain in ROLLUP_GRAINS:
+            bucket = grain.bucket(minute)
+            stored.append((bucket, self.sink.load_rows(at_grain(table, grain), state.topic_id, state.partition, bucket)))
+        return stored
 
-    def _roll_up(self, state: PartitionState, changes: list, version: int, batch: WriteBatch) -> None:
+    def _load_lifecycle_rows(self, state: PartitionState, offset: int, recomputed: list) -> None:
+        """The stored lifecycle rows a resuming worker adds to: every row from a little before the
+        partition's latest stored minute on (the due minutes of the items open are days ahead), and
+        those stored at or past its first offset. Older ones are read back when a transition reaches
+        them."""
+        if state.max_window >= 0:
+            since = max(0, state.max_window - self.memory_window_s)
+            since -= since % 60
+        elif recomputed:  # no row of its own stored: its only lifecycle rows are those just recomputed
+            since = min(recomputed)
+        else:
+            return
+        state.lifecycle_rows.load(
+            self.sink.load_rows(LIFECYCLE_MINUTE, state.topic_id, state.partition, since, offset), since - 1,
+            self._stored_rollups(state, LIFECYCLE_MINUTE, since))
+
+    def _roll_up(self, state: PartitionState, row_set: RowSet, changes: list, version: int, batch: WriteBatch) -> None:
         """Add the minute rows' changes to their hour, day and month rows and put those in the batch.
         A bucket that may have stored rows not in memory gets them added first, as minute rows do."""
-        width = len(state.table.counters)
-        evicted_up_to = state.rollups_evicted_up_to
+        width = len(row_set.table.counters)
+        evicted_up_to = row_set.rollups_evicted_up_to
         topic_id, partition = state.topic_id, state.partition
-        for grain, rows, loaded_from in zip(ROLLUP_GRAINS, state.rollups, state.rollups_loaded_from):
+        for grain, rows, loaded_from in zip(ROLLUP_GRAINS, row_set.rollups, row_set.rollups_loaded_from):
             touched = {}
             buckets: dict = {}
             for key, change in changes:
@@ -1004,7 +1122,7 @@ class Processor:
                     row = rows[coarse_key] = Row(width, needs_base=bucket < loaded_from or bucket <= evicted_up_to)
                 row.counters = list(map(add, row.counters, change))
                 touched[coarse_key] = row
-            table = at_grain(state.table, grain)
+            table = at_grain(row_set.table, grain)
             self._add_stored(state, table, touched, touched)
             batch.rollups.setdefault(table.name, []).extend(
                 (*key, topic_id, partition, version, *row.counters) for key, row in touched.items())
@@ -1014,10 +1132,10 @@ class Processor:
         now = self.clock()
         for record_ms in snapshot.record_ms:
             LATENCY.observe(max(0.0, now - record_ms / 1000))
-        for state, version, keys in snapshot.versions:
+        for state, row_set, version, keys in snapshot.versions:
             if version > state.stored_version:
                 state.stored_version = version
-            rows = state.rows
+            rows = row_set.rows
             for key in keys:
                 row = rows.get(key)
                 if row is not None and version > row.version:
@@ -1050,18 +1168,8 @@ class Processor:
         """Drop clean rows of minutes long past; a late event reloads them from ClickHouse."""
         for state in self.partitions.values():
             horizon = state.max_window - self.memory_window_s
-            old = [key for key, row in state.rows.items() if key[0] < horizon and key not in state.dirty]
-            for key in old:
-                del state.rows[key]
-            if old:
-                state.stored_up_to = max(state.stored_up_to, max(key[0] for key in old))
-            for grain, rows in zip(ROLLUP_GRAINS, state.rollups):
-                ends = {bucket: grain.next(bucket) for bucket in {key[0] for key in rows}}
-                old = [key for key in rows if ends[key[0]] <= horizon]
-                for key in old:
-                    del rows[key]
-                if old:
-                    state.rollups_evicted_up_to = max(state.rollups_evicted_up_to, max(key[0] for key in old))
+            for row_set in state.row_sets:  # the lifecycle rows of due minutes ahead stay
+                row_set.evict(horizon)
             if state.tracker is not None:
                 state.tracker.forget_alerted()
                 WATERMARK.labels(str(state.partition)).set(max(0, state.tracker.watermark) / 1000)

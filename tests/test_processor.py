@@ -54,9 +54,10 @@ class MemorySink:
         seen = [(e, ms) for t, p, ms, off, e in self.seen if (t, p) == (topic_id, partition) and off < first_offset]
         return PartitionSnapshot(rows, max((k[0] for k in mine), default=-1), sorted(seen, key=lambda s: s[1]))
 
-    def load_bucket(self, table, topic_id, partition, bucket_s):
+    def load_rows(self, table, topic_id, partition, from_s, from_version=None):
         return {k[3]: (list(c), v) for k, (c, v) in self.rows.items()
-                if k[:3] == (table.name, topic_id, partition) and k[3][0] == bucket_s}
+                if k[:3] == (table.name, topic_id, partition)
+                and (k[3][0] >= from_s or (from_version is not None and v >= from_version))}
 
     def fetch_rows(self, table, topic_id, partition, keys):
         return {k: (list(self.rows[(table.name, topic_id, partition, k)][0]), self.rows[(table.name, topic_id, partition, k)][1])
@@ -66,7 +67,7 @@ class MemorySink:
         pass
 
     def recompute_partition_lifecycle(self, topic_id, partition, since_offset):
-        pass
+        return []
 
     def load_open_state(self, topic_id, partition, first_offset, since_record_ms):
         return [], []
@@ -94,9 +95,9 @@ class MemorySink:
 def assert_rollups_are_sums(sink) -> None:
     """Every hour, day and month row the stream wrote is the sum of its minute rows, and every
     minute row is in one."""
-    from sinks.clickhouse_sink import GRAINS, SECURITY_MINUTE, SERVICE_MINUTE, grain_table
+    from sinks.clickhouse_sink import GRAINS, LIFECYCLE_MINUTE, SECURITY_MINUTE, SERVICE_MINUTE, grain_table
 
-    for table in (SERVICE_MINUTE, SECURITY_MINUTE):
+    for table in (SERVICE_MINUTE, SECURITY_MINUTE, LIFECYCLE_MINUTE):
         for grain in GRAINS[1:]:
             expected = {}
             for (name, topic_id, partition, key), (counters, _) in sink.rows.items():
@@ -177,8 +178,8 @@ def test_late_event_for_an_evicted_minute_adds_to_the_stored_row():
     proc.memory_window_s = 0
     run(proc, values, range(0, len(values) - len(late)))
     proc._evict()
-    assert all(key[0] >= proc.partitions[(TOPIC, 0)].max_window for key in proc.partitions[(TOPIC, 0)].rows)
-    hours = proc.partitions[(TOPIC, 0)].rollups[0]
+    assert all(key[0] >= proc.partitions[(TOPIC, 0)].max_window for key in proc.partitions[(TOPIC, 0)].minutes.rows)
+    hours = proc.partitions[(TOPIC, 0)].minutes.rollups[0]
     assert hours and all(key[0] + 3600 > proc.partitions[(TOPIC, 0)].max_window for key in hours)
     run(proc, values, range(len(values) - len(late), len(values)))
     assert sink.totals() == reference.totals()
