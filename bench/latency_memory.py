@@ -9,8 +9,9 @@ probe event a second (a single record, as a third party would) and times how
 long until that event is in ClickHouse, i.e. visible to `opscentre kpi`; it
 samples the worker's resident memory (main and writer processes) every 10 s.
 At the end it prints the probe latency percentiles, the worker's own
-end-to-end histogram, the memory series, and the bytes the de-duplication
-memory costs per remembered id.
+end-to-end histogram, the memory series, the events accepted a second and the
+cores the broker, ClickHouse, the worker and the load generator each used over
+the run, and the bytes the de-duplication memory costs per remembered id.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from kafka import KafkaProducer  # noqa: E402
 
-from bench.common import paced_single_events  # noqa: E402
+from bench.common import CpuUse, paced_single_events  # noqa: E402
 
 from opscentre.clickhouse import connect, quote  # noqa: E402
 from opscentre.embedded import EmbeddedBroker, free_port  # noqa: E402
@@ -133,12 +134,19 @@ def main() -> None:
     producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks=1, linger_ms=0)
     latencies, memory = [], []
     stop = threading.Event()
+    cpu = CpuUse({"broker": broker.process.pid, "ClickHouse": server.process.pid, "worker": worker.process.pid,
+                  "load": simulator.pid}, interval_s=1.0)
+    accepted_at: list = []  # (monotonic s, events accepted so far)
 
     def sample_memory():
         started = time.monotonic()
         while not stop.wait(10):
             main, writer = rss_mb(worker.process.pid)
             memory.append((round(time.monotonic() - started), round(main + writer, 1), round(main, 1), round(writer, 1)))
+            try:
+                accepted_at.append((time.monotonic(), scrape(worker.metrics_port).get("opscentre_stream_events_valid_total", 0)))
+            except OSError:
+                pass
 
     sampler = threading.Thread(target=sample_memory, daemon=True)
     sampler.start()
@@ -168,6 +176,7 @@ def main() -> None:
         time.sleep(max(0.0, 1.0 - (time.monotonic() - sent)))
     simulator.wait()
     stop.set()
+    cpu.stop()
     metrics = scrape(worker.metrics_port)
     histogram = latency_buckets(worker.metrics_port)
     worker.stop()
@@ -191,6 +200,17 @@ def main() -> None:
         if len(steady) > 1:
             print(f"{name} after {args.warmup:g}s: min {min(steady)} MB, max {max(steady)} MB, "
                   f"spread {100 * (max(steady) - min(steady)) / min(steady):.1f}% of min")
+    window = max(10.0, args.duration / 7)
+    print(f"\nper {window:.0f} s: events accepted a second, and the cores each process used (2 on this machine; "
+          "the load generator sends at the rate asked while it can)")
+    print("| from s | accepted/s | broker | ClickHouse | worker (incl. writer) | load generator | machine |")
+    print("|---|---|---|---|---|---|---|")
+    for (t0, before), (t1, after) in zip(accepted_at[::max(1, round(window / 10))],
+                                         accepted_at[max(1, round(window / 10))::max(1, round(window / 10))]):
+        used = cpu.between(t0, t1)
+        print(f"| {t0 - accepted_at[0][0]:.0f} | {(after - before) / (t1 - t0):,.0f} | "
+              + " | ".join(f"{used.get(name, 0.0) / (t1 - t0):.2f}" for name in ("broker", "ClickHouse", "worker", "load",
+                                                                                  "machine")) + " |")
     print(f"open items tracked at the end: {metrics.get('opscentre_stream_open_items_tracked', 0):,.0f}")
     print(f"de-duplication memory: {dedup_bytes_per_id():.0f} bytes per remembered id")
     print(f"overdue tracker: {tracker_bytes_per_item():.0f} bytes per open item (27-byte ids)")

@@ -304,24 +304,31 @@ def _add_transitions(row_set: RowSet, raw: list, marks: list) -> None:
     A row whose stored version covers an event's record already holds its transitions."""
     rows = row_set.rows
     touched: dict = {}  # key -> [row or None, counters to add, stored version, any added]
+
+    def count(at_ms: int, meta: tuple, counter: int, weight: int, offset: int) -> None:
+        key = (at_ms // 60000 * 60, *meta)
+        entry = touched.get(key)
+        if entry is None:
+            row = rows.get(key)
+            entry = touched[key] = [row, [0] * _LIFECYCLE_WIDTH, -1 if row is None else row.version, False]
+        if offset > entry[2]:
+            entry[1][counter] += weight
+            entry[3] = True
+
     for event, mark in zip(raw, marks):
         if mark is NO_MARKS_ROW:
             continue
         offset = event[_RAW_OFFSET]
         first = 0 if event[_RAW_TYPE].startswith("dossier.") else 4
-        meta = (mark[8], mark[9], mark[10]) if mark[8] else (event[_RAW_PROVINCE], event[_RAW_AGENCY], event[_RAW_PROCEDURE])
-        for transition in range(4):
-            weight = mark[2 * transition + 1]
-            if not weight:
-                continue
-            key = (mark[2 * transition] // 60000 * 60, *meta)
-            entry = touched.get(key)
-            if entry is None:
-                row = rows.get(key)
-                entry = touched[key] = [row, [0] * _LIFECYCLE_WIDTH, -1 if row is None else row.version, False]
-            if offset > entry[2]:
-                entry[1][first + transition] += weight
-                entry[3] = True
+        meta = mark[8:] if mark[8] else (event[_RAW_PROVINCE], event[_RAW_AGENCY], event[_RAW_PROCEDURE])
+        if mark[1]:
+            count(mark[0], meta, first, mark[1], offset)
+        if mark[3]:
+            count(mark[2], meta, first + 1, mark[3], offset)
+        if mark[5]:
+            count(mark[4], meta, first + 2, mark[5], offset)
+        if mark[7]:
+            count(mark[6], meta, first + 3, mark[7], offset)
     for key, (row, counts, _, added) in touched.items():
         if not added:  # its stored version covers every record that reached it
             continue
