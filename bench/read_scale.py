@@ -4,7 +4,8 @@ History is the simulator's traffic (`--rate 10`, no pacing: a virtual month is ~
 loaded through the real `opscentre worker` into one ClickHouse 18.16 server, in steps, ending an
 hour before now. Each step runs on a fresh Tansu broker (its memory holds only the step) and
 continues the virtual clock where the last one stopped. After each step every question is asked
---repeat times (the median is printed), through the same functions the CLI uses.
+--repeat times (the median is printed), through the same functions the CLI uses, once
+ClickHouse has no merge left running (at most --settle-limit seconds).
 
     python bench/read_scale.py [--steps 5,10,20,35,50] [--repeat 3] [--rate 10]   # millions of events
 
@@ -119,6 +120,19 @@ def panel_questions(url: str, end_ms: int) -> dict:
     return asked
 
 
+def settle(store, limit_s: float) -> tuple[float, int]:
+    """Wait until ClickHouse has no merge running in the database (at most `limit_s`), as a wall
+    screen sees it once a backfill is over; returns (seconds waited, active parts)."""
+    started = time.monotonic()
+    quiet = 0
+    while time.monotonic() - started < limit_s and quiet < 2:
+        (running,) = store.query(f"SELECT count() FROM system.merges WHERE database = '{store.database}'")[0]
+        quiet = quiet + 1 if not int(running) else 0
+        time.sleep(2)
+    (parts,) = store.query(f"SELECT count() FROM system.parts WHERE database = '{store.database}' AND active")[0]
+    return time.monotonic() - started, int(parts)
+
+
 def timed(call, repeat: int) -> float:
     times = []
     for _ in range(repeat):
@@ -138,6 +152,8 @@ def main() -> None:
     parser.add_argument("--steps", default="5,10,20,35,50", help="stored service events after each step, millions")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--rate", type=float, default=10.0)
+    parser.add_argument("--settle-limit", type=float, default=900,
+                        help="after each step, wait this long at most for ClickHouse's merges to end before timing")
     args = parser.parse_args()
     targets = [int(float(x) * 1_000_000) for x in args.steps.split(",")]
     server = ClickHouseServer().start()
@@ -160,6 +176,7 @@ def main() -> None:
             clock_ms += int(step_s * 1000)
             loaded += sent
             per_virtual_s = max(0.1, sent / step_s) if step == 0 else per_virtual_s
+            settled_s, parts = settle(store, args.settle_limit)
             (service,) = store.query(f"SELECT count() FROM {store.table('service_events')}")[0]
             asked = questions(store, clock_ms, history_start_ms, int(service))
             panels = panel_questions(server.url(database), clock_ms)
@@ -174,7 +191,8 @@ def main() -> None:
             times["slowest panel"] = panel_times[slowest]
             rows.append((int(service), disk_mib(store), loading_s, times, panel_times))
             print(f"step {step + 1}: {int(service):,} service events, {disk_mib(store):,.0f} MiB, loaded in "
-                  f"{loading_s:,.0f} s; " + ", ".join(f"{k} {v:.0f} ms" for k, v in times.items())
+                  f"{loading_s:,.0f} s, merges settled {settled_s:,.0f} s later ({parts:,} active parts); "
+                  + ", ".join(f"{k} {v:.0f} ms" for k, v in times.items())
                   + f" (slowest: {slowest})", flush=True)
     finally:
         server.stop()
