@@ -289,26 +289,24 @@ class ClickHouseSink:
 
     def write_rows(self, batch: WriteBatch) -> list:
         """Insert a batch, then what derives from it; returns (table, rows, seconds) per statement, for the metrics."""
-        stats, derived = self.store_rows(batch)
-        return stats + self.derive_rows(derived)
+        return self.store_rows(batch) + self.derive_rows(Derived.of(batch))
 
     def insert(self, batch: WriteBatch) -> "Derived":
         """Insert a batch (readable at once); returns what the worker must still derive from it."""
-        stats, derived = self.store_rows(batch)
-        record_write(stats)
-        return derived
+        record_write(self.store_rows(batch))
+        return Derived.of(batch)
 
     def derive(self, derived: "Derived") -> int:
         return record_write(self.derive_rows(derived))
 
-    def store_rows(self, batch: WriteBatch) -> tuple:
-        """The batch's inserts: (table, rows, seconds) per statement, and the Derived they call for."""
+    def store_rows(self, batch: WriteBatch) -> list:
+        """The batch's inserts: (table, rows, seconds) per statement."""
         stats = []
         for table, names, columns, count in batch.inserts():
             started = time.perf_counter()
             self.store.insert(table, list(names), columns)
             stats.append((table, count, time.perf_counter() - started))
-        return stats, Derived.of(batch)
+        return stats
 
     def derive_rows(self, derived: "Derived") -> list:
         """What stored batches left (Derived): their hour, day and month rows."""

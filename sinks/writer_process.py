@@ -22,7 +22,7 @@ import msgspec
 from opscentre.clickhouse import StoreError, StoreUnavailable, connect
 from opscentre.memory import return_freed_memory
 
-from .clickhouse_sink import ClickHouseSink, Derived, WriteBatch, keyed_rollups, record_write
+from .clickhouse_sink import ClickHouseSink, Derived, WriteBatch, record_write
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +60,12 @@ def _serve(url: str, timeout_s: float, conn) -> None:
         try:
             if sink is None:
                 sink = ClickHouseSink(connect(url, timeout_s))
-            stats, derived = sink.store_rows(batch)
-            conn.send(("ok", stats, derived))
+            conn.send(("ok", sink.store_rows(batch)))
         except StoreUnavailable as exc:
             sink = None
-            conn.send(("unavailable", str(exc), None))
+            conn.send(("unavailable", str(exc)))
         except StoreError as exc:
-            conn.send(("error", str(exc), None))
+            conn.send(("error", str(exc)))
         del batch
         gc.collect()
 
@@ -98,14 +97,13 @@ class WriterProcess:
         self.start()
         try:
             self._conn.send_bytes(_encode([getattr(batch, name) for name in _BATCH_FIELDS]))
-            status, result, derived = self._conn.recv()
+            status, result = self._conn.recv()
         except (EOFError, OSError, BrokenPipeError) as exc:
             self.close()
             raise StoreUnavailable(f"ClickHouse writer process failed: {exc}") from None
         if status == "ok":
             record_write(result)
-            derived.rollups = keyed_rollups(batch.rollups)
-            return derived
+            return Derived.of(batch)
         if status == "unavailable":
             raise StoreUnavailable(result)
         raise StoreError(result)
