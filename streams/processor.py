@@ -217,6 +217,13 @@ class RowSet:
         row = self.rows[key] = Row(len(self.table.counters), needs_base=key[0] <= self.stored_up_to)
         return row
 
+    def new_coarse_row(self, grain_index: int, key: tuple) -> Row:
+        bucket = key[0]
+        row = self.rollups[grain_index][key] = Row(
+            len(self.table.counters),
+            needs_base=bucket < self.rollups_loaded_from[grain_index] or bucket <= self.rollups_evicted_up_to)
+        return row
+
     def load(self, rows: dict, stored_up_to: int, rollups: list) -> None:
         """Stored rows ({key: (counters, version)}), and per grain (bucket loaded from, its rows and later ones)."""
         width = len(self.table.counters)
@@ -249,7 +256,7 @@ class RowSet:
 
 class PartitionState:
     __slots__ = (
-        "topic", "topic_id", "partition", "table", "minutes", "recent",
+        "topic", "topic_id", "partition", "minutes", "recent",
         "next_offset", "stored_through", "max_window", "tracker", "last_record_wall_ms", "rebuild",
         "lifecycle", "lifecycle_rows", "stored_version", "last_record_ms", "resolved",
     )
@@ -258,7 +265,6 @@ class PartitionState:
         self.topic = topic
         self.topic_id = topic_id
         self.partition = partition
-        self.table = table
         self.minutes = RowSet(table)  # the rows of the partition's own events
         self.recent = RecentIds(horizon_ms)
         self.next_offset = 0
@@ -500,7 +506,7 @@ class Processor:
         defect (nothing of it applied; the caller applies its records one at a time)."""
         now_ms = int(self.clock() * 1000)
         alerts_before = len(self.batch.alerts)
-        service = state.table is SERVICE_MINUTE
+        service = state.minutes.table is SERVICE_MINUTE
         try:
             decoded = [self._decode(record, now_ms) for record in run]
             plan = (self._plan_service if service else self._plan_security)(state, run, decoded)
@@ -1113,10 +1119,8 @@ class Processor:
     def _roll_up(self, state: PartitionState, row_set: RowSet, changes: list, version: int, batch: WriteBatch) -> None:
         """Add the minute rows' changes to their hour, day and month rows and put those in the batch.
         A bucket that may have stored rows not in memory gets them added first, as minute rows do."""
-        width = len(row_set.table.counters)
-        evicted_up_to = row_set.rollups_evicted_up_to
         topic_id, partition = state.topic_id, state.partition
-        for grain, rows, loaded_from in zip(ROLLUP_GRAINS, row_set.rollups, row_set.rollups_loaded_from):
+        for index, (grain, rows) in enumerate(zip(ROLLUP_GRAINS, row_set.rollups)):
             touched = {}
             buckets: dict = {}
             for key, change in changes:
@@ -1126,7 +1130,7 @@ class Processor:
                 coarse_key = (bucket, *key[1:])
                 row = rows.get(coarse_key)
                 if row is None:
-                    row = rows[coarse_key] = Row(width, needs_base=bucket < loaded_from or bucket <= evicted_up_to)
+                    row = row_set.new_coarse_row(index, coarse_key)
                 row.counters = list(map(add, row.counters, change))
                 touched[coarse_key] = row
             table = at_grain(row_set.table, grain)
