@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     db_commands.required = True
     db_commands.add_parser("migrate", help="create or upgrade the schema (safe to run twice)")
     db_commands.add_parser("retention", help="drop the months past OPSCENTRE_RETENTION_DAYS now (workers do it hourly)")
+    db_commands.add_parser("rekey", help="rebuild the tables of a database from before schema 9 under its sorting "
+                                         "keys (stop the workers first)")
 
     kpi = commands.add_parser("kpi", help="KPIs of a province (or all) over a period [from, to)")
     kpi.add_argument("--province", required=True, help="province code (e.g. 01), or 'all'")
@@ -198,13 +200,21 @@ def cmd_worker(args, settings: Settings) -> int:
 
 def cmd_db(args, settings: Settings) -> int:
     from sinks.retention import apply_retention
-    from sinks.schema import migrate
+    from sinks.schema import migrate, rekey
     from streams.lifecycle import fill
 
     store = _store(settings)
     if args.db_command == "retention":
         dropped = apply_retention(store, settings.retention_days)
         print(f"retention {settings.retention_days} days: " + (", ".join(dropped) if dropped else "nothing to drop"))
+        return 0
+    if args.db_command == "rekey":
+        migrate(store)
+        try:
+            rebuilt = rekey(store)
+        except ValueError as error:
+            raise CommandError(str(error)) from None
+        print(f"{len(rebuilt)} tables rebuilt" if rebuilt else "every table has this version's sorting key already")
         return 0
     version = migrate(store)
     if fill(store):

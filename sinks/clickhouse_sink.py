@@ -92,6 +92,13 @@ class Grain:
 
     name: str
     bucket_sql: str  # the bucket's start (epoch s, UTC) of the row's `window_start`
+    # The time bucket leading this grain's sorting keys (a coarser bucket of `window_start`; none for
+    # months), and that bucket of an instant given as SQL seconds. See key_buckets().
+    key_bucket: str | None = None
+    key_bucket_of: str | None = None
+
+    def key_bucket_at(self, instant_s) -> str:
+        return self.key_bucket_of.format(s=instant_s)
 
     def bucket(self, window_s: int) -> int:
         if self.name == "month":
@@ -108,11 +115,54 @@ class Grain:
 
 
 SPANS = {"minute": 60, "hour": 3600, "day": 86400}
-MINUTE = Grain("minute", "toUInt32(window_start)")
-HOUR = Grain("hour", "intDiv(toUInt32(window_start), 3600) * 3600")
-DAY = Grain("day", "intDiv(toUInt32(window_start), 86400) * 86400")
+MINUTE = Grain("minute", "toUInt32(window_start)",
+               "toStartOfHour(window_start)", "toDateTime(intDiv({s}, 3600) * 3600)")
+HOUR = Grain("hour", "intDiv(toUInt32(window_start), 3600) * 3600",
+             "toStartOfDay(window_start)", "toDateTime(intDiv({s}, 86400) * 86400)")
+DAY = Grain("day", "intDiv(toUInt32(window_start), 86400) * 86400",
+            "toStartOfMonth(window_start)", "toStartOfMonth(toDateTime({s}, 'UTC'))")
 MONTH = Grain("month", "toUInt32(toStartOfMonth(window_start)) * 86400")
 GRAINS = (MINUTE, HOUR, DAY, MONTH)
+# The hour leading the raw tables' sorting keys, by table: (its SQL, that hour of an instant in SQL ms).
+RAW_KEY_HOURS = {
+    "service_events": ("toStartOfHour(occurred_at)", "toDateTime(intDiv({ms}, 3600000) * 3600)"),
+    "security_events": ("toStartOfHour(occurred_at)", "toDateTime(intDiv({ms}, 3600000) * 3600)"),
+    "lifecycle_edges": ("intDiv(at_ms, 3600000)", "intDiv({ms}, 3600000)"),
+}
+
+
+def key_buckets(grain: Grain, *instants_s) -> str:
+    """Rows of `grain` whose sorting key's time bucket is that of one of the instants (SQL or epoch
+    s): '' for months. The tables' keys lead with a coarser time bucket (schema 9), so that a
+    question about a short stretch of every province reads that stretch's rows only. ClickHouse
+    18.16 does not narrow a key on `toStartOfHour(window_start)` from conditions on `window_start`,
+    so the readers name the buckets as well; on tables created before schema 9 this is a filter
+    like any other."""
+    if grain.key_bucket is None:
+        return ""
+    values = sorted(set(grain.key_bucket_at(s) for s in instants_s))
+    return "(" + " OR ".join(f"{grain.key_bucket} = {value}" for value in values) + ")"
+
+
+def key_bucket_range(grain: Grain, low_s, high_s) -> str:
+    """Rows of `grain` whose key bucket lies from that of `low_s` to that of `high_s` (inclusive)."""
+    if grain.key_bucket is None:
+        return ""
+    return f"{grain.key_bucket} >= {grain.key_bucket_at(low_s)} AND {grain.key_bucket} <= {grain.key_bucket_at(high_s)}"
+
+
+def raw_key_hours(table: str, *instants_ms) -> str:
+    """Rows of a raw table in the hour of one of the instants (SQL or epoch ms), by the hour leading
+    its sorting key (see key_buckets)."""
+    column, of = RAW_KEY_HOURS[table]
+    values = sorted(set(of.format(ms=ms) for ms in instants_ms))
+    return "(" + " OR ".join(f"{column} = {value}" for value in values) + ")"
+
+
+def raw_key_hour_range(table: str, low_ms, high_ms) -> str:
+    """Rows of a raw table in the hours from that of `low_ms` to that of `high_ms` (inclusive)."""
+    column, of = RAW_KEY_HOURS[table]
+    return f"{column} >= {of.format(ms=low_ms)} AND {column} <= {of.format(ms=high_ms)}"
 
 
 def grain_table(table: AggregateTable, grain: Grain) -> str:
@@ -323,6 +373,7 @@ class ClickHouseSink:
         then their rollups: for the rows a worker that died may have left behind its transitions.
         A function of stored rows: always safe to redo."""
         bucket = "intDiv(intDiv(at_ms, 1000), 60) * 60"
+        hour = RAW_KEY_HOURS["lifecycle_edges"][0]
         sums = ", ".join(
             f"sumIf(weight, kind = '{kind}' AND family = '{family}' AND direction = '{direction}')"
             for kind in ("dossier", "feedback") for family in ("open", "overdue") for direction in ("entered", "left"))
@@ -332,7 +383,8 @@ class ClickHouseSink:
                 f"INSERT INTO {self.store.table(LIFECYCLE_MINUTE.name)} ({', '.join(LIFECYCLE_MINUTE.columns)}) "
                 f"SELECT toDateTime({bucket}) AS window, province, agency, procedure_code, topic_id, source_partition, "
                 f"max(source_offset), {sums} FROM {self.store.table('lifecycle_edges')} FINAL "
-                f"WHERE ({bucket_ranges('at_ms', buckets, lambda b: b + 60, lambda s: s * 1000)}) "
+                f"WHERE ({bucket_ranges(hour, sorted({b // 3600 for b in buckets}), lambda h: h + 1)}) "
+                f"AND ({bucket_ranges('at_ms', buckets, lambda b: b + 60, lambda s: s * 1000)}) "
                 f"AND (topic_id, source_partition, {bucket}) IN ({keys}) "
                 f"GROUP BY window, province, agency, procedure_code, topic_id, source_partition")
         stats = [(LIFECYCLE_MINUTE.name, len(touched), time.perf_counter() - started)]
@@ -411,7 +463,8 @@ class ClickHouseSink:
                     f"INSERT INTO {self.store.table(grain_table(table, coarser))} ({columns}) "
                     f"SELECT toDateTime({coarser.bucket_sql}) AS bucket, {dims}, topic_id, source_partition, max(version), "
                     f"{sums} FROM {self.store.table(grain_table(table, finer))} FINAL "
-                    f"WHERE ({bucket_ranges('window_start', buckets, coarser.next, lambda s: f'toDateTime({s})')}) "
+                    f"WHERE ({bucket_ranges(finer.key_bucket, buckets, coarser.next, finer.key_bucket_at)}) "
+                    f"AND ({bucket_ranges('window_start', buckets, coarser.next, lambda s: f'toDateTime({s})')}) "
                     f"AND (topic_id, source_partition, {coarser.bucket_sql}) IN ({keys}) "
                     f"GROUP BY bucket, {dims}, topic_id, source_partition")
             stats.append((grain_table(table, coarser), len(touched), time.perf_counter() - started))

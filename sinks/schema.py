@@ -14,7 +14,9 @@ Readers use FINAL (or argMax by version) and sum across partitions.
 
 from __future__ import annotations
 
+import logging
 import re
+import time
 
 from opscentre.clickhouse import Store
 from opscentre.measures import LIFECYCLE_COUNTERS, SECURITY_COUNTERS, SERVICE_COUNTERS
@@ -23,21 +25,25 @@ from .clickhouse_sink import (
     GRAINS,
     LIFECYCLE_MINUTE,
     MARK_COLUMNS,
+    MINUTE,
     SECURITY_MINUTE,
     SERVICE_MINUTE,
     ClickHouseSink,
     grain_table,
 )
 
+logger = logging.getLogger(__name__)
+
 # Partitions of the rollup tables: a month of hours, a year of days, all months in one.
 _ROLLUP_PARTITIONS = {"hour": "toYYYYMM(window_start)", "day": "toYear(window_start)", "month": "tuple()"}
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 ITEM_VIEWS_SINCE = 3  # the version that added them; databases older than it are backfilled
 REDACTED_SINCE = 5  # rejected_events keeps no personal identifier from this version on
 ROLLUPS_SINCE = 6  # hour, day and month rows; databases older than it are filled from their minute rows
 LIFECYCLE_SINCE = 7  # lifecycle edges and counts; older databases are filled once from their events (below)
 ITEM_HISTORY_SINCE = 8  # item_events, one item's events by id; older databases are filled once
+TIME_KEYS_SINCE = 9  # sorting keys that lead with a time bucket (below); older tables keep theirs
 
 # What the overdue tracker loads (streams.overdue): receipts by due time and closings by item, kept
 # by materialized views from service_events, so that loading the items due in the next hour, or a
@@ -182,7 +188,7 @@ def statements(database: str, server_version: tuple[int, ...]) -> list[str]:
     {marks}
 ) ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMM(occurred_at)
-ORDER BY (province, event_type, occurred_at, topic_id, source_partition, source_offset, item_index)""",
+ORDER BY (toStartOfHour(occurred_at), province, event_type, occurred_at, topic_id, source_partition, source_offset, item_index)""",
         f"""CREATE TABLE IF NOT EXISTS {db}.security_events (
     event_id String,
     occurred_ms UInt64,
@@ -207,7 +213,7 @@ ORDER BY (province, event_type, occurred_at, topic_id, source_partition, source_
     written_at DateTime('UTC') DEFAULT now()
 ) ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMM(occurred_at)
-ORDER BY (province, occurred_at, topic_id, source_partition, source_offset, item_index)""",
+ORDER BY (toStartOfHour(occurred_at), province, occurred_at, topic_id, source_partition, source_offset, item_index)""",
         f"""CREATE TABLE IF NOT EXISTS {db}.service_minute (
     window_start DateTime('UTC'),
     province {lc},
@@ -219,7 +225,7 @@ ORDER BY (province, occurred_at, topic_id, source_partition, source_offset, item
     written_at DateTime('UTC') DEFAULT now()
 ) ENGINE = ReplacingMergeTree(version)
 PARTITION BY toYYYYMM(window_start)
-ORDER BY (province, agency, window_start, topic_id, source_partition)""",
+ORDER BY (toStartOfHour(window_start), province, agency, window_start, topic_id, source_partition)""",
         f"""CREATE TABLE IF NOT EXISTS {db}.security_minute (
     window_start DateTime('UTC'),
     province {lc},
@@ -235,7 +241,8 @@ ORDER BY (province, agency, window_start, topic_id, source_partition)""",
     written_at DateTime('UTC') DEFAULT now()
 ) ENGINE = ReplacingMergeTree(version)
 PARTITION BY toYYYYMM(window_start)
-ORDER BY (province, window_start, category, severity, action, sensor, technique, topic_id, source_partition)""",
+ORDER BY (toStartOfHour(window_start), province, window_start, category, severity, action, sensor, technique, topic_id,
+          source_partition)""",
         f"""CREATE TABLE IF NOT EXISTS {db}.rejected_events (
     topic String,
     topic_id {lc},
@@ -346,7 +353,7 @@ GROUP BY item_id""",
     item_index Int32
 ) ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMM(toDateTime(intDiv(at_ms, 1000)))
-ORDER BY (province, at_ms, topic_id, source_partition, source_offset, item_index, family, direction)""",
+ORDER BY (intDiv(at_ms, 3600000), province, at_ms, topic_id, source_partition, source_offset, item_index, family, direction)""",
         f"""CREATE TABLE IF NOT EXISTS {db}.lifecycle_minute (
     window_start DateTime('UTC'),
     province {lc},
@@ -359,7 +366,7 @@ ORDER BY (province, at_ms, topic_id, source_partition, source_offset, item_index
     written_at DateTime('UTC') DEFAULT now()
 ) ENGINE = ReplacingMergeTree(version)
 PARTITION BY toYYYYMM(window_start)
-ORDER BY (province, agency, procedure_code, window_start, topic_id, source_partition)""",
+ORDER BY (toStartOfHour(window_start), province, agency, procedure_code, window_start, topic_id, source_partition)""",
         f"""CREATE TABLE IF NOT EXISTS {db}.open_items (
     topic_id {lc},
     source_partition UInt16,
@@ -433,6 +440,8 @@ def rollup_statements(database: str, server_version: tuple[int, ...]) -> list[st
         for grain in GRAINS[1:]:
             sql = source.replace(f".{table.name} (", f".{grain_table(table, grain)} (")
             sql = sql.replace("PARTITION BY toYYYYMM(window_start)", f"PARTITION BY {_ROLLUP_PARTITIONS[grain.name]}")
+            sql = sql.replace(f"ORDER BY ({MINUTE.key_bucket}, ",
+                              f"ORDER BY ({grain.key_bucket}, " if grain.key_bucket else "ORDER BY (")
             created.append(sql)
     return created
 
@@ -496,12 +505,88 @@ def migrate(store: Store) -> int:
     # LIFECYCLE_SINCE is recorded by streams.lifecycle.fill(), which computes the transitions of the
     # events a database already holds with the stream's rules; a database without events has none.
     wanted = {ITEM_VIEWS_SINCE, REDACTED_SINCE, ROLLUPS_SINCE, ITEM_HISTORY_SINCE, SCHEMA_VERSION} - {LIFECYCLE_SINCE}
+    if TIME_KEYS_SINCE not in applied and tables_to_rekey(store):
+        wanted.discard(TIME_KEYS_SINCE)
+        logger.warning("tables from before schema %d keep their sorting keys: %s. Answers are exact; questions "
+                       "about a short stretch of every province read more. `opscentre db rekey`, with the workers "
+                       "stopped, rebuilds them.", TIME_KEYS_SINCE, ", ".join(tables_to_rekey(store)))
     if LIFECYCLE_SINCE not in applied and not int(
             store.query(f"SELECT count() FROM {store.table('service_events')}")[0][0]):
         wanted.add(LIFECYCLE_SINCE)
     missing = sorted(wanted - applied)
     record_migrations(store, missing)
     return SCHEMA_VERSION
+
+
+# The tables whose sorting keys lead with a time bucket from TIME_KEYS_SINCE on (`db rekey` rebuilds
+# the others).
+TIME_KEYED = ("service_events", "security_events", "lifecycle_edges",
+              *(table.name for table in (SERVICE_MINUTE, SECURITY_MINUTE, LIFECYCLE_MINUTE)),
+              *(grain_table(table, grain) for table in (SERVICE_MINUTE, SECURITY_MINUTE, LIFECYCLE_MINUTE)
+                for grain in GRAINS[1:3]))
+
+
+def _sorting_key(sql: str) -> str:
+    """The sorting key of a CREATE TABLE statement, spaces removed."""
+    start = sql.find("ORDER BY ")
+    if start < 0:
+        return ""
+    depth, key = 0, []
+    for char in sql[start + len("ORDER BY "):]:
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        key.append(char)
+        if depth == 0 and (char == ")" or char in " \n" and len(key) > 1):
+            break
+    return "".join("".join(key).split())
+
+
+def tables_to_rekey(store: Store) -> list[str]:
+    """The tables of TIME_KEYED whose sorting key is not the one this version creates: those of a
+    database created before schema 9. Their answers are exact; a question about a short stretch of
+    every province reads more of them."""
+    version = store.server_version()
+    wanted = {_TABLE_NAME.search(sql).group(1): _sorting_key(sql)
+              for sql in statements(store.database, version) + rollup_statements(store.database, version)
+              if _TABLE_NAME.search(sql)}
+    node = store.nodes()[0]
+    stale = []
+    for name in TIME_KEYED:
+        (created,) = node.query(f"SHOW CREATE TABLE {node.local(name)}")[0]
+        if _sorting_key(created) != wanted[name]:
+            stale.append(name)
+    return stale
+
+
+def rekey(store: Store, progress=print) -> list[str]:
+    """Rebuild the tables tables_to_rekey() names with this version's sorting keys: each is copied
+    into a new table, which then takes its name. Run it with every worker stopped (rows written
+    during the copy would be lost); the views keep writing to the table by name. One server only:
+    a cluster's tables are rebuilt with ClickHouse's own tools."""
+    if store.cluster:
+        raise ValueError("db rekey works on one server; on a cluster, rebuild the tables with clickhouse-copier")
+    version = store.server_version()
+    created = {_TABLE_NAME.search(sql).group(1): sql
+               for sql in statements(store.database, version) + rollup_statements(store.database, version)
+               if _TABLE_NAME.search(sql)}
+    done = []
+    for name in tables_to_rekey(store):
+        started = time.monotonic()
+        staged, previous = f"{name}_rekeyed", f"{name}_before_rekey"
+        store.execute(f"DROP TABLE IF EXISTS {store.table(staged)}")
+        store.execute(created[name].replace(f".{name} (", f".{staged} (", 1))
+        columns = [c for (c,) in store.query(
+            f"SELECT name FROM system.columns WHERE database = '{store.database}' AND table = '{staged}' "
+            "AND default_kind NOT IN ('ALIAS', 'MATERIALIZED')")]
+        listed = ", ".join(columns)
+        store.execute(f"INSERT INTO {store.table(staged)} ({listed}) SELECT {listed} FROM {store.table(name)}")
+        store.execute(f"RENAME TABLE {store.table(name)} TO {store.table(previous)}, "
+                      f"{store.table(staged)} TO {store.table(name)}")
+        store.execute(f"DROP TABLE {store.table(previous)}")
+        (rows,) = store.query(f"SELECT count() FROM {store.table(name)}")[0]
+        progress(f"{name}: {int(rows):,} rows under the new sorting key in {time.monotonic() - started:.1f} s")
+        done.append(name)
+    record_migrations(store, sorted({TIME_KEYS_SINCE} - applied_migrations(store)))
+    return done
 
 
 def _create_on_cluster(store: Store, created: list[str]) -> None:

@@ -208,7 +208,7 @@ FROM (
 ) AS overdue
 ANY LEFT JOIN (
     SELECT kind, item_id, any(item_ref) AS item_ref FROM alerts FINAL
-    WHERE kind = 'dossier' AND status = 'firing' GROUP BY kind, item_id
+    WHERE kind = 'dossier' AND status = 'firing' AND {where} GROUP BY kind, item_id
 ) AS refs USING (kind, item_id)
 WHERE {where}
 ORDER BY due_ms, item_id
@@ -248,7 +248,7 @@ def procedures(name: str, where: str, procedure_name: str) -> str:
 FROM (
     SELECT procedure_code, {events}
     FROM service_events FINAL
-    WHERE occurred_at >= toDateTime({FROM}) AND occurred_at < toDateTime({TO}) AND {where}
+    WHERE {sql.raw_between(FROM, TO, "service_events")} AND {where}
       AND event_type IN ('dossier.received', 'dossier.completed')
     GROUP BY procedure_code
     UNION ALL
@@ -273,7 +273,7 @@ def _bucket_series(family: str, values: dict[str, str], where: str) -> str:
         branches.append(
             f"SELECT toDateTime(intDiv(toUInt32(window_start), {step}) * {step}) AS time, {columns}\n"
             f"    FROM {family}_{grain} FINAL\n"
-            f"    WHERE window_start >= toDateTime(intDiv({FROM}, {step}) * {step}) AND window_start < $__toTime "
+            f"    WHERE {sql.window_between(grain, f'intDiv({FROM}, {step}) * {step}', TO)} "
             f"AND {filters}\n    GROUP BY time")
     return "SELECT * FROM (\n    " + "\n    UNION ALL\n    ".join(branches) + "\n)\nORDER BY time"
 
@@ -289,7 +289,7 @@ def raw_series(name: str, table: str, values: dict[str, str], where: str) -> str
     columns = ", ".join(f"toInt64({expression}) AS {alias}" for alias, expression in values.items())
     return named(name, f"""SELECT toDateTime(intDiv(toUInt32(occurred_at), {step}) * {step}) AS time, {columns}
 FROM {table} FINAL
-WHERE occurred_at >= toDateTime({FROM}) AND occurred_at < toDateTime({TO}) AND {where}
+WHERE {sql.raw_between(FROM, TO, table)} AND {where}
 GROUP BY time
 ORDER BY time""")
 
@@ -305,10 +305,10 @@ def hourly_with_last_week(name: str, where: str, values: dict[str, str]) -> str:
     return named(name, f"""SELECT toDateTime(hour) AS time, {pick}
 FROM (
     SELECT toUInt32(window_start) AS hour, 0 AS week, {sums} FROM service_hour FINAL
-    WHERE window_start >= toDateTime({start}) AND window_start < toDateTime({TO}) AND {where} GROUP BY hour
+    WHERE {sql.window_between("hour", start, TO)} AND {where} GROUP BY hour
     UNION ALL
     SELECT toUInt32(toUInt32(window_start) + {week}) AS hour, 1 AS week, {sums} FROM service_hour FINAL
-    WHERE window_start >= toDateTime({start} - {week}) AND window_start < toDateTime({TO} - {week}) AND {where}
+    WHERE {sql.window_between("hour", f"{start} - {week}", f"{TO} - {week}")} AND {where}
     GROUP BY hour
 )
 GROUP BY hour
@@ -342,7 +342,7 @@ def backlog(name: str, where: str, intervals: dict[str, str]) -> str:
                 )
                 UNION ALL
                 SELECT toInt64(toUInt32(window_start)) AS hour, {nets} FROM lifecycle_hour FINAL
-                WHERE window_start >= toDateTime({start}) AND window_start < toDateTime({now}) AND {where}
+                WHERE {sql.window_between("hour", start, now)} AND {where}
                 GROUP BY hour
             )
         )

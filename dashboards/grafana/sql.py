@@ -32,6 +32,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from opscentre.measures import SERVICE_COUNTERS
+from sinks.clickhouse_sink import GRAINS as SINK_GRAINS
+from sinks.clickhouse_sink import key_bucket_range, key_buckets, raw_key_hour_range, raw_key_hours
 
 from ..kpi import BUCKET_SECURITY, RAW_SECURITY, RAW_SERVICE, SECURITY_KEYS
 
@@ -67,20 +69,36 @@ def _between(column: str, low: str | None, high: str) -> str:
 
 def bucket_range(grain: str, start: str | None, end: str) -> str:
     """The rows of `grain` (window_start) that a split of [start, end) reads at that grain;
-    start None is 1970."""
+    start None is 1970. Below months they lie in at most two buckets of the next grain, the ones
+    holding the first and the last row: the sorting key's leading bucket (key_buckets) names them."""
     index = GRAINS.index(grain)
     own = _between("window_start", None if start is None else ceil_to(grain, start), floor_to(grain, end))
     if index + 1 == len(GRAINS):
         return own
     coarser = GRAINS[index + 1]
     taken = _between("window_start", None if start is None else ceil_to(coarser, start), floor_to(coarser, end))
-    return f"{own} AND NOT ({taken})"
+    last = f"{floor_to(grain, end)} - {_SPANS[grain]}"
+    keyed = key_buckets(SINK_GRAINS[index], *([last] if start is None else [ceil_to(grain, start), last]))
+    return f"{keyed} AND {own} AND NOT ({taken})"
 
 
-def raw_range(start: str, end: str, column: str = "occurred_at") -> str:
-    """The raw rows of [start, end) (whole seconds) outside its whole minutes."""
+def window_between(grain: str, start: str, end: str) -> str:
+    """The rows of `grain` whose window starts in [start, end) (whole seconds)."""
+    keyed = key_bucket_range(SINK_GRAINS[GRAINS.index(grain)], start, f"{end} - 1")
+    return (f"{keyed} AND " if keyed else "") + _between("window_start", start, end)
+
+
+def raw_range(start: str, end: str, table: str, column: str = "occurred_at") -> str:
+    """The raw rows of [start, end) (whole seconds) outside its whole minutes: in the hour of
+    `start` or of the last second."""
     whole = _between(column, ceil_to("minute", start), floor_to("minute", end))
-    return f"{_between(column, start, end)} AND NOT ({whole})"
+    return (f"{raw_key_hours(table, f'{start} * 1000', f'({end} - 1) * 1000')} AND {_between(column, start, end)} "
+            f"AND NOT ({whole})")
+
+
+def raw_between(start: str, end: str, table: str, column: str = "occurred_at") -> str:
+    """The raw rows of [start, end) (whole seconds)."""
+    return f"{raw_key_hour_range(table, f'{start} * 1000', f'({end} - 1) * 1000')} AND {_between(column, start, end)}"
 
 
 @dataclass(frozen=True)
@@ -145,7 +163,7 @@ def period_branches(family: Family, measures: Sequence[str | Measure], *, column
     branches = [_select(group_by, _values(chosen, columns, "bucket"), f"{family.prefix}_{grain}",
                         _and(bucket_range(grain, start, end), where)) for grain in GRAINS]
     branches.append(_select(group_by, _values(chosen, columns, "raw"), family.raw_table,
-                            _and(raw_range(start, end), where)))
+                            _and(raw_range(start, end, family.raw_table), where)))
     return branches
 
 
@@ -158,7 +176,8 @@ def instant_branches(measures: Sequence[Measure], *, columns: Sequence[str] | No
                         _and(bucket_range(grain, None, at), where)) for grain in GRAINS]
     minute = floor_to("minute", at)
     branches.append(_select(group_by, _values(measures, columns, "raw"), "lifecycle_edges",
-                            _and(f"at_ms >= {minute} * 1000 AND at_ms < {at} * 1000", where)))
+                            _and(f"{raw_key_hours('lifecycle_edges', f'{minute} * 1000')} "
+                                 f"AND at_ms >= {minute} * 1000 AND at_ms < {at} * 1000", where)))
     return branches
 
 

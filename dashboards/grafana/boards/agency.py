@@ -15,7 +15,7 @@ from grafana_foundation_sdk.models.common import LineInterpolation
 from opscentre.settings import Settings
 
 from ...config import Config
-from .. import kpi_sql, reference
+from .. import kpi_sql, reference, sql
 from ..common import (
     OPERATIONS,
     Board,
@@ -206,7 +206,7 @@ def _channels(where: str, texts: Texts) -> str:
     names = "transform(channel, [" + ", ".join(f"'{k}'" for k in shown) + "], [" + \
         ", ".join(f"'{v}'" for v in shown.values()) + "], channel)"
     return (f"SELECT {names} AS channel_name, count() AS dossiers\nFROM service_events FINAL\n"
-            f"WHERE occurred_at >= toDateTime({kpi_sql.FROM}) AND occurred_at < toDateTime({kpi_sql.TO}) "
+            f"WHERE {sql.raw_between(kpi_sql.FROM, kpi_sql.TO, 'service_events')} "
             f"AND event_type = 'dossier.received' AND {where}\nGROUP BY channel_name\nORDER BY dossiers DESC")
 
 

@@ -116,8 +116,8 @@ def build(texts: Texts, settings: Settings):
     ).reduce_options(ReduceDataOptions().values(True).calcs([]).fields("/^security_alerts$/"))
 
     def top(key: str, column: str, title: str, header: str, description: str):
-        raw = (f"occurred_at >= toDateTime(greatest({sql.FROM}, {sql.TO} - {RAW_HOURS * 3600})) "
-               f"AND occurred_at < toDateTime({sql.TO}) AND {column} != '' AND {where}")
+        raw = (f"{sql.raw_between(f'greatest({sql.FROM}, {sql.TO} - {RAW_HOURS * 3600})', sql.TO, 'security_events')} "
+               f"AND {column} != '' AND {where}")
         sql_text = (f"SELECT {column} AS {key}, sum(count) AS alerts, sumIf(count, severity >= {HIGH_SEVERITY}) "
                     f"AS high_or_critical, sumIf(count, action = 'blocked') AS blocked, max(occurred_at) AS last_seen\n"
                     f"FROM security_events FINAL\nWHERE {raw}\nGROUP BY {key}\n"
