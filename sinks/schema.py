@@ -43,7 +43,7 @@ REDACTED_SINCE = 5  # rejected_events keeps no personal identifier from this ver
 ROLLUPS_SINCE = 6  # hour, day and month rows; databases older than it are filled from their minute rows
 LIFECYCLE_SINCE = 7  # lifecycle edges and counts; older databases are filled once from their events (below)
 ITEM_HISTORY_SINCE = 8  # item_events, one item's events by id; older databases are filled once
-TIME_KEYS_SINCE = 9  # sorting keys that lead with a time bucket (below); older tables keep theirs
+SORTING_KEYS_SINCE = 9  # sorting keys for the read side (REKEYED, below); older tables keep theirs
 
 # What the overdue tracker loads (streams.overdue): receipts by due time and closings by item, kept
 # by materialized views from service_events, so that loading the items due in the next hour, or a
@@ -367,6 +367,8 @@ ORDER BY (intDiv(at_ms, 3600000), province, at_ms, topic_id, source_partition, s
 ) ENGINE = ReplacingMergeTree(version)
 PARTITION BY toYYYYMM(window_start)
 ORDER BY (toStartOfHour(window_start), province, agency, procedure_code, window_start, topic_id, source_partition)""",
+        # A take-over reads its source partition (the table's partitions); an agency's overdue list
+        # reads that agency's open receipts first (the sorting key), then those items' rows.
         f"""CREATE TABLE IF NOT EXISTS {db}.open_items (
     topic_id {lc},
     source_partition UInt16,
@@ -383,7 +385,7 @@ ORDER BY (toStartOfHour(window_start), province, agency, procedure_code, window_
     procedure_code {lc}
 ) ENGINE = MergeTree
 PARTITION BY source_partition
-ORDER BY (topic_id, source_partition, kind, item_id, source_offset)""",
+ORDER BY (kind, closed, province, agency, item_id, source_offset)""",
         f"""CREATE TABLE IF NOT EXISTS {db}.item_events (
     item_id String,
     event_type {lc},
@@ -505,11 +507,11 @@ def migrate(store: Store) -> int:
     # LIFECYCLE_SINCE is recorded by streams.lifecycle.fill(), which computes the transitions of the
     # events a database already holds with the stream's rules; a database without events has none.
     wanted = {ITEM_VIEWS_SINCE, REDACTED_SINCE, ROLLUPS_SINCE, ITEM_HISTORY_SINCE, SCHEMA_VERSION} - {LIFECYCLE_SINCE}
-    if TIME_KEYS_SINCE not in applied and tables_to_rekey(store):
-        wanted.discard(TIME_KEYS_SINCE)
+    if SORTING_KEYS_SINCE not in applied and tables_to_rekey(store):
+        wanted.discard(SORTING_KEYS_SINCE)
         logger.warning("tables from before schema %d keep their sorting keys: %s. Answers are exact; questions "
                        "about a short stretch of every province read more. `opscentre db rekey`, with the workers "
-                       "stopped, rebuilds them.", TIME_KEYS_SINCE, ", ".join(tables_to_rekey(store)))
+                       "stopped, rebuilds them.", SORTING_KEYS_SINCE, ", ".join(tables_to_rekey(store)))
     if LIFECYCLE_SINCE not in applied and not int(
             store.query(f"SELECT count() FROM {store.table('service_events')}")[0][0]):
         wanted.add(LIFECYCLE_SINCE)
@@ -518,9 +520,9 @@ def migrate(store: Store) -> int:
     return SCHEMA_VERSION
 
 
-# The tables whose sorting keys lead with a time bucket from TIME_KEYS_SINCE on (`db rekey` rebuilds
-# the others).
-TIME_KEYED = ("service_events", "security_events", "lifecycle_edges",
+# The tables whose sorting keys changed in SORTING_KEYS_SINCE (`db rekey` rebuilds those of an older
+# database): a time bucket first, and open_items by kind, closed, province and agency.
+REKEYED = ("service_events", "security_events", "lifecycle_edges", "open_items",
               *(table.name for table in (SERVICE_MINUTE, SECURITY_MINUTE, LIFECYCLE_MINUTE)),
               *(grain_table(table, grain) for table in (SERVICE_MINUTE, SECURITY_MINUTE, LIFECYCLE_MINUTE)
                 for grain in GRAINS[1:3]))
@@ -541,7 +543,7 @@ def _sorting_key(sql: str) -> str:
 
 
 def tables_to_rekey(store: Store) -> list[str]:
-    """The tables of TIME_KEYED whose sorting key is not the one this version creates: those of a
+    """The tables of REKEYED whose sorting key is not the one this version creates: those of a
     database created before schema 9. Their answers are exact; a question about a short stretch of
     every province reads more of them."""
     version = store.server_version()
@@ -550,7 +552,7 @@ def tables_to_rekey(store: Store) -> list[str]:
               if _TABLE_NAME.search(sql)}
     node = store.nodes()[0]
     stale = []
-    for name in TIME_KEYED:
+    for name in REKEYED:
         (created,) = node.query(f"SHOW CREATE TABLE {node.local(name)}")[0]
         if _sorting_key(created) != wanted[name]:
             stale.append(name)
@@ -585,7 +587,7 @@ def rekey(store: Store, progress=print) -> list[str]:
         (rows,) = store.query(f"SELECT count() FROM {store.table(name)}")[0]
         progress(f"{name}: {int(rows):,} rows under the new sorting key in {time.monotonic() - started:.1f} s")
         done.append(name)
-    record_migrations(store, sorted({TIME_KEYS_SINCE} - applied_migrations(store)))
+    record_migrations(store, sorted({SORTING_KEYS_SINCE} - applied_migrations(store)))
     return done
 
 

@@ -204,13 +204,13 @@ def test_a_database_from_before_the_counts_gets_them_from_its_events(clickhouse_
 
 
 def test_a_database_from_before_the_time_keys_answers_the_same_and_is_rebuilt(pipeline):
-    """Tables created before schema 9 have sorting keys without the leading time bucket: the
-    readers' answers are the same on them. `opscentre db rekey` rebuilds them with the workers
+    """Tables created before schema 9 have sorting keys without the leading time bucket (and
+    open_items one for take-overs only): the readers' answers are the same on them. `opscentre db rekey` rebuilds them with the workers
     stopped; the answers stay, and a worker then writes on through the materialized views."""
     import re
 
     from opscentre.clickhouse import connect
-    from sinks.schema import TIME_KEYED, TIME_KEYS_SINCE, applied_migrations, rollup_statements, statements, \
+    from sinks.schema import REKEYED, SORTING_KEYS_SINCE, applied_migrations, rollup_statements, statements, \
         tables_to_rekey
     from tests.test_pipeline import assert_kpis_match
 
@@ -219,8 +219,10 @@ def test_a_database_from_before_the_time_keys_answers_the_same_and_is_rebuilt(pi
     version = store.server_version()
     old_key = re.compile(r"ORDER BY \((?:toStartOf\w+\(\w+\)|intDiv\(at_ms, 3600000\)), ")
     for sql in statements(store.database, version) + rollup_statements(store.database, version):
-        if any(f".{name} (" in sql for name in TIME_KEYED):
-            store.execute(old_key.sub("ORDER BY (", sql))  # as schema 8 created them
+        if any(f".{name} (" in sql for name in REKEYED):
+            store.execute(old_key.sub("ORDER BY (", sql).replace(  # as schema 8 created them
+                "ORDER BY (kind, closed, province, agency, item_id, source_offset)",
+                "ORDER BY (topic_id, source_partition, kind, item_id, source_offset)"))
     ensure_topics(pipeline.settings)
     rng = random.Random(7)
     start_ms = start_of_minute_ms(6)
@@ -230,8 +232,8 @@ def test_a_database_from_before_the_time_keys_answers_the_same_and_is_rebuilt(pi
     first.send(pipeline.settings, with_bad=False)
     settle(pipeline, len(first.unique_valid()))
     worker.stop()
-    assert sorted(tables_to_rekey(store)) == sorted(TIME_KEYED)
-    assert TIME_KEYS_SINCE not in applied_migrations(store)
+    assert sorted(tables_to_rekey(store)) == sorted(REKEYED)
+    assert SORTING_KEYS_SINCE not in applied_migrations(store)
     spans = [(start_ms - 3_600_000, start_ms + 5_400_000), (start_ms + 90_500, start_ms + 250_250),
              (start_ms + 3_599_000, start_ms + 7_300_001), (start_ms - 86_400_000, int(time.time() * 1000))]
     assert_kpis_match(pipeline, first.unique_valid(), spans)
@@ -240,15 +242,22 @@ def test_a_database_from_before_the_time_keys_answers_the_same_and_is_rebuilt(pi
     def counts():
         return {(t, interval): lifecycle_count(store, t, interval, None, True)
                 for t in times for interval in ("dossiers_overdue", "dossiers_open", "feedback_overdue")}
-    before = counts()
-    assert sum(sum(c.values()) for c in before.values()) > 1000
+    from dashboards.drilldown import overdue_items
+
+    now_ms = int(time.time() * 1000)
+    provinces = sorted({e["province"] for e in first.unique_valid()})
+
+    def lists():
+        return {p: overdue_items(store, now_ms, p) for p in provinces}
+    before, listed = counts(), lists()
+    assert sum(sum(c.values()) for c in before.values()) > 1000 and sum(map(len, listed.values())) > 50
 
     result = subprocess.run([sys.executable, "-m", "opscentre.cli", "db", "rekey"], env=pipeline.env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert f"{len(TIME_KEYED)} tables rebuilt" in result.stdout, result.stdout
-    assert tables_to_rekey(store) == [] and TIME_KEYS_SINCE in applied_migrations(store)
-    assert counts() == before
+    assert f"{len(REKEYED)} tables rebuilt" in result.stdout, result.stdout
+    assert tables_to_rekey(store) == [] and SORTING_KEYS_SINCE in applied_migrations(store)
+    assert counts() == before and lists() == listed
     assert_kpis_match(pipeline, first.unique_valid(), spans)
 
     # The views write into the rebuilt tables: a second run's events reach every read.
