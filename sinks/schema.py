@@ -507,11 +507,12 @@ def migrate(store: Store) -> int:
     # LIFECYCLE_SINCE is recorded by streams.lifecycle.fill(), which computes the transitions of the
     # events a database already holds with the stream's rules; a database without events has none.
     wanted = {ITEM_VIEWS_SINCE, REDACTED_SINCE, ROLLUPS_SINCE, ITEM_HISTORY_SINCE, SCHEMA_VERSION} - {LIFECYCLE_SINCE}
-    if SORTING_KEYS_SINCE not in applied and tables_to_rekey(store):
+    stale = [] if SORTING_KEYS_SINCE in applied else tables_to_rekey(store)
+    if stale:
         wanted.discard(SORTING_KEYS_SINCE)
         logger.warning("tables from before schema %d keep their sorting keys: %s. Answers are exact; questions "
                        "about a short stretch of every province read more. `opscentre db rekey`, with the workers "
-                       "stopped, rebuilds them.", SORTING_KEYS_SINCE, ", ".join(tables_to_rekey(store)))
+                       "stopped, rebuilds them.", SORTING_KEYS_SINCE, ", ".join(stale))
     if LIFECYCLE_SINCE not in applied and not int(
             store.query(f"SELECT count() FROM {store.table('service_events')}")[0][0]):
         wanted.add(LIFECYCLE_SINCE)
@@ -523,9 +524,17 @@ def migrate(store: Store) -> int:
 # The tables whose sorting keys changed in SORTING_KEYS_SINCE (`db rekey` rebuilds those of an older
 # database): a time bucket first, and open_items by kind, closed, province and agency.
 REKEYED = ("service_events", "security_events", "lifecycle_edges", "open_items",
-              *(table.name for table in (SERVICE_MINUTE, SECURITY_MINUTE, LIFECYCLE_MINUTE)),
-              *(grain_table(table, grain) for table in (SERVICE_MINUTE, SECURITY_MINUTE, LIFECYCLE_MINUTE)
-                for grain in GRAINS[1:3]))
+           *(table.name for table in (SERVICE_MINUTE, SECURITY_MINUTE, LIFECYCLE_MINUTE)),
+           *(grain_table(table, grain) for table in (SERVICE_MINUTE, SECURITY_MINUTE, LIFECYCLE_MINUTE)
+             for grain in GRAINS[1:3]))
+
+
+def _created_tables(store: Store) -> dict:
+    """{table name: the CREATE TABLE statement this version runs}."""
+    version = store.server_version()
+    return {_TABLE_NAME.search(sql).group(1): sql
+            for sql in statements(store.database, version) + rollup_statements(store.database, version)
+            if _TABLE_NAME.search(sql)}
 
 
 def _sorting_key(sql: str) -> str:
@@ -546,10 +555,7 @@ def tables_to_rekey(store: Store) -> list[str]:
     """The tables of REKEYED whose sorting key is not the one this version creates: those of a
     database created before schema 9. Their answers are exact; a question about a short stretch of
     every province reads more of them."""
-    version = store.server_version()
-    wanted = {_TABLE_NAME.search(sql).group(1): _sorting_key(sql)
-              for sql in statements(store.database, version) + rollup_statements(store.database, version)
-              if _TABLE_NAME.search(sql)}
+    wanted = {name: _sorting_key(sql) for name, sql in _created_tables(store).items()}
     node = store.nodes()[0]
     stale = []
     for name in REKEYED:
@@ -566,10 +572,7 @@ def rekey(store: Store, progress=print) -> list[str]:
     a cluster's tables are rebuilt with ClickHouse's own tools."""
     if store.cluster:
         raise ValueError("db rekey works on one server; on a cluster, rebuild the tables with clickhouse-copier")
-    version = store.server_version()
-    created = {_TABLE_NAME.search(sql).group(1): sql
-               for sql in statements(store.database, version) + rollup_statements(store.database, version)
-               if _TABLE_NAME.search(sql)}
+    created = _created_tables(store)
     done = []
     for name in tables_to_rekey(store):
         started = time.monotonic()
