@@ -37,13 +37,14 @@ logger = logging.getLogger(__name__)
 # Partitions of the rollup tables: a month of hours, a year of days, all months in one.
 _ROLLUP_PARTITIONS = {"hour": "toYYYYMM(window_start)", "day": "toYear(window_start)", "month": "tuple()"}
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 ITEM_VIEWS_SINCE = 3  # the version that added them; databases older than it are backfilled
 REDACTED_SINCE = 5  # rejected_events keeps no personal identifier from this version on
 ROLLUPS_SINCE = 6  # hour, day and month rows; databases older than it are filled from their minute rows
 LIFECYCLE_SINCE = 7  # lifecycle edges and counts; older databases are filled once from their events (below)
 ITEM_HISTORY_SINCE = 8  # item_events, one item's events by id; older databases are filled once
 SORTING_KEYS_SINCE = 9  # sorting keys for the read side (REKEYED, below); older tables keep theirs
+ATTRIBUTED_CLOSINGS_SINCE = 10  # open_items files a closing under its item's agency (OPEN_ITEMS_VIEW)
 
 # What the overdue tracker loads (streams.overdue): receipts by due time and closings by item, kept
 # by materialized views from service_events, so that loading the items due in the next hour, or a
@@ -76,9 +77,16 @@ ARRAY JOIN arrayFilter(e -> e.4 != 0, [
     (lc_overdue_left_ms, 'overdue', 'left', lc_overdue_left)]) AS edge
 WHERE lc_open_entered != 0 OR lc_open_left != 0 OR lc_overdue_entered != 0 OR lc_overdue_left != 0"""
 # Receipts and closings by item, what a worker taking a partition over rebuilds its open items from
-# (streams.lifecycle); items closed long enough ago are deleted from it (purge_open_items).
-OPEN_ITEMS_VIEW = f"""SELECT topic_id, source_partition, {_KIND} AS kind, item_id, {_CLOSINGS} AS closed, source_offset,
-       item_index, occurred_ms, due_ms, record_ms, province, agency, procedure_code
+# (streams.lifecycle); items closed long enough ago are deleted from it (purge_open_items). A closing
+# is filed under its item's province, agency and procedure when the worker held the item (the marks);
+# one it did not hold (dated before its receipt, say) under its own, as closed = UNHELD_CLOSING. So an
+# agency's overdue list reads that agency's rows and the unheld closings (dashboards.drilldown), which
+# the purge keeps to the last hour or so: not every province's closings.
+UNHELD_CLOSING = 2
+OPEN_ITEMS_VIEW = f"""SELECT topic_id, source_partition, {_KIND} AS kind, item_id,
+       if({_CLOSINGS}, if(lc_province = '', {UNHELD_CLOSING}, 1), 0) AS closed, source_offset,
+       item_index, occurred_ms, due_ms, record_ms, if(lc_province = '', province, lc_province) AS province,
+       if(lc_province = '', agency, lc_agency) AS agency, if(lc_province = '', procedure_code, lc_procedure) AS procedure_code
 FROM {{source}} WHERE {_RECEIPTS} OR {_CLOSINGS}"""
 
 # One dossier's or feedback item's events, ordered by its id: a drill-down reads its own rows, not the history.
@@ -452,7 +460,7 @@ _MATERIALIZED = (
     *((view, target, "service_events", select) for view, (target, select) in ITEM_VIEWS.items()),
     *((view, "seen_event_ids", source, _SEEN) for view, source in SEEN_VIEWS.items()),
     ("lifecycle_edges_mv", "lifecycle_edges", "service_events", LIFECYCLE_EDGES_VIEW),
-    ("open_items_mv", "open_items", "service_events", OPEN_ITEMS_VIEW),
+    ("open_items_attributed_mv", "open_items", "service_events", OPEN_ITEMS_VIEW),
     ("item_events_mv", "item_events", "service_events", ITEM_HISTORY_VIEW),
 )
 _TABLE_NAME = re.compile(r"CREATE TABLE IF NOT EXISTS \w+\.(\w+) \(")
@@ -472,6 +480,11 @@ def migrate(store: Store) -> int:
         for node in store.nodes():
             node.execute(f"CREATE MATERIALIZED VIEW IF NOT EXISTS {node.table(view)} TO {node.local(target)} AS "
                          + select.format(source=node.local(source)))
+    for node in store.nodes():
+        # The view before ATTRIBUTED_CLOSINGS_SINCE, dropped once its successor writes: a row stored
+        # meanwhile lands twice, which open_items' readers absorb (a repeated receipt or closing). Its
+        # older closings under their own agency leave with the purge, an hour or so after they closed.
+        node.execute(f"DROP TABLE IF EXISTS {node.table('open_items_mv')}")
     _add_columns(store, "rejected_events", {"original_bytes": "UInt32", "original_digest": "String"})
     if not store.cluster:  # a cluster is created keyed by status already
         _alerts_with_status(store, version)
@@ -506,7 +519,8 @@ def migrate(store: Store) -> int:
                 sink.recompute_partition_rollups(table, topic_id, int(partition), 0)
     # LIFECYCLE_SINCE is recorded by streams.lifecycle.fill(), which computes the transitions of the
     # events a database already holds with the stream's rules; a database without events has none.
-    wanted = {ITEM_VIEWS_SINCE, REDACTED_SINCE, ROLLUPS_SINCE, ITEM_HISTORY_SINCE, SCHEMA_VERSION} - {LIFECYCLE_SINCE}
+    wanted = {ITEM_VIEWS_SINCE, REDACTED_SINCE, ROLLUPS_SINCE, ITEM_HISTORY_SINCE, SORTING_KEYS_SINCE,
+              ATTRIBUTED_CLOSINGS_SINCE} - {LIFECYCLE_SINCE}
     stale = [] if SORTING_KEYS_SINCE in applied else tables_to_rekey(store)
     if stale:
         wanted.discard(SORTING_KEYS_SINCE)

@@ -11,8 +11,9 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from opscentre.clickhouse import connect, with_database
-from sinks.clickhouse_sink import SERVICE_MINUTE, SERVICE_RAW_COLUMNS, ClickHouseSink, WriteBatch
-from sinks.schema import ITEM_VIEWS, SCHEMA_VERSION, SEEN_COLUMNS, SEEN_VIEWS, migrate
+from sinks.clickhouse_sink import (MARK_COLUMNS, NO_MARKS_ROW, SERVICE_MINUTE, SERVICE_RAW_COLUMNS, ClickHouseSink,
+                                   WriteBatch)
+from sinks.schema import ITEM_VIEWS, SCHEMA_VERSION, SEEN_COLUMNS, SEEN_VIEWS, UNHELD_CLOSING, migrate
 
 HOUR = 3_600_000
 T0 = 1_790_000_000_000
@@ -136,7 +137,43 @@ def accepted_ids_stored_before_the_seen_views_are_kept_and_new_ones_copied(store
     assert sink.load_partition(SERVICE_MINUTE, "topic-a", 0, 3, T0 + 10, HOUR).seen == [("e1", T0 + 1), ("e2", T0 + 2)]
 
 
+def a_closing_is_filed_under_its_items_agency_once_the_view_is_replaced(store):
+    """Schema 10: a closing the worker marked with its item's province and agency is filed under
+    them, one it did not hold under its own as an unheld closing; the view of schema 9 is replaced,
+    and each new row lands once."""
+    migrate(store)
+    store.execute(f"DROP TABLE {store.table('open_items_attributed_mv')}")
+    store.execute(f"CREATE MATERIALIZED VIEW {store.table('open_items_mv')} TO {store.table('open_items')} AS SELECT "
+                  "topic_id, source_partition, if(event_type LIKE 'dossier.%', 'dossier', 'feedback') AS kind, item_id, "
+                  "event_type IN ('dossier.completed', 'dossier.cancelled', 'feedback.resolved') AS closed, "
+                  "source_offset, item_index, occurred_ms, due_ms, record_ms, province, agency, procedure_code "
+                  f"FROM {store.table('service_events')} WHERE event_type LIKE '%.received' OR event_type IN "
+                  "('dossier.completed', 'dossier.cancelled', 'feedback.resolved')")  # as schema 9 created it
+    assert migrate(store) == SCHEMA_VERSION
+    views = {name for (name,) in store.query(f"SELECT name FROM system.tables WHERE database = '{store.database}'")}
+    assert "open_items_mv" not in views and "open_items_attributed_mv" in views
+
+    def by(agency, marked, *row):
+        values = dict(zip(SERVICE_RAW_COLUMNS, service_row(*row)), agency=agency)
+        marks = dict(zip(MARK_COLUMNS, NO_MARKS_ROW))
+        if marked:
+            marks.update(lc_open_left_ms=row[3], lc_open_left=1, lc_province="01", lc_agency="SO-TNMT",
+                         lc_procedure="1.001")
+        return tuple(values.values()) + tuple(marks.values())
+
+    store.insert("service_events", list(SERVICE_RAW_COLUMNS + MARK_COLUMNS), list(zip(*[
+        by("SO-TNMT", True, "e1", "dossier.received", "HS-1", T0, T0 + HOUR),
+        by("TTPVHCC", True, "e2", "dossier.completed", "HS-1", T0 + 2 * HOUR, T0 + HOUR),  # the worker held HS-1
+        by("TTPVHCC", False, "e3", "dossier.completed", "HS-2", T0 + 2 * HOUR, T0 + HOUR),  # it did not hold HS-2
+    ])))
+    rows = store.query(f"SELECT item_id, closed, province, agency, procedure_code FROM {store.table('open_items')} "
+                       "ORDER BY source_offset")
+    assert rows == [("HS-1", 0, "01", "SO-TNMT", "1.001"), ("HS-1", 1, "01", "SO-TNMT", "1.001"),
+                    ("HS-2", UNHELD_CLOSING, "01", "TTPVHCC", "1.001")]
+
+
 CHECKS = [open_items_are_receipts_due_in_the_range_not_closed_in_time_nor_alerted,
+          a_closing_is_filed_under_its_items_agency_once_the_view_is_replaced,
           a_database_from_before_the_item_views_is_backfilled_once,
           accepted_ids_stored_before_the_seen_views_are_kept_and_new_ones_copied]
 

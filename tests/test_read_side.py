@@ -40,7 +40,8 @@ def view_count(store, t_ms: int, interval: str, by_agency: bool) -> dict:
 
 def with_closings(events: list, rng: random.Random) -> list:
     """The events, and closings for a third of the items received and never closed: completed or
-    cancelled (dossiers), resolved (feedback), in time, late, or dated before the receipt."""
+    cancelled (dossiers), resolved (feedback), in time, late, or dated before the receipt; a quarter
+    of them filed by another agency (a one-stop centre reporting the result)."""
     item = lambda e: e.get("dossier_id") or e.get("feedback_id")  # noqa: E731
     closed = {item(e) for e in events if e["event_type"] in ("dossier.completed", "dossier.cancelled", "feedback.resolved")}
     extra = []
@@ -53,6 +54,8 @@ def with_closings(events: list, rng: random.Random) -> list:
             continue  # not in the future
         closing = {k: event[k] for k in ("province", "agency", "source")}
         closing.update(event_id=f"close-{n}", occurred_at=_iso(at))
+        if rng.random() < 0.25:
+            closing["agency"] = "TTPVHCC"
         if event["event_type"] == "feedback.received":
             closing.update(event_type="feedback.resolved", feedback_id=event["feedback_id"], due_at=event["due_at"],
                            satisfied=rng.random() < 0.7)

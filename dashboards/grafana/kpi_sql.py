@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from sinks.schema import UNHELD_CLOSING
+
 from . import sql
 from .sql import FROM, TO, Measure, share
 
@@ -188,8 +190,10 @@ ORDER BY dossiers_completed = 0, on_time_rate, province""")
 
 def longest_overdue(name: str, where: str, agency_name: str, procedure_name: str, limit: int = 20) -> str:
     """The dossiers overdue at `to` that have waited longest, from `open_items` (the backlog, not
-    the history): an item with a receipt and no closing before `to`, due before it; its due time,
-    agency and procedure from its first receipt. Shown by pseudonym (the alert's item_ref), never
+    the history; the rows of the province or agency asked, as a closing is filed under its item's,
+    and the few closings of items the worker did not hold):
+    an item with a receipt and no closing before `to`, due before it; its due time, agency and
+    procedure from its first receipt. Shown by pseudonym (the alert's item_ref), never
     by dossier id. At `to` = now, `opscentre overdue` (dashboards/drilldown.py) lists the same, in
     the same order."""
     first = "source_offset * 100000 + item_index"
@@ -200,9 +204,7 @@ FROM (
     SELECT kind, item_id, argMinIf(due_ms, {first}, NOT closed) AS due_ms,
            argMinIf(province, {first}, NOT closed) AS province, argMinIf(agency, {first}, NOT closed) AS agency,
            argMinIf(procedure_code, {first}, NOT closed) AS procedure_code
-    FROM open_items
-    WHERE kind = 'dossier' AND (kind, item_id) IN (
-        SELECT kind, item_id FROM open_items WHERE kind = 'dossier' AND NOT closed AND {where})
+    FROM (SELECT * FROM open_items WHERE kind = 'dossier' AND ({where} OR closed = {UNHELD_CLOSING}))
     GROUP BY kind, item_id
     HAVING countIf(NOT closed) > 0 AND countIf(closed AND occurred_ms < {TO} * 1000) = 0 AND due_ms < {TO} * 1000
 ) AS overdue
@@ -210,7 +212,6 @@ ANY LEFT JOIN (
     SELECT kind, item_id, any(item_ref) AS item_ref FROM alerts FINAL
     WHERE kind = 'dossier' AND status = 'firing' AND {where} GROUP BY kind, item_id
 ) AS refs USING (kind, item_id)
-WHERE {where}
 ORDER BY due_ms, item_id
 LIMIT {limit}""")
 
