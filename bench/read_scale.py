@@ -8,6 +8,15 @@ continues the virtual clock where the last one stopped. After each step every qu
 ClickHouse has no merge left running (at most --settle-limit seconds).
 
     python bench/read_scale.py [--steps 5,10,20,35,50] [--repeat 3] [--rate 10]   # millions of events
+    python bench/read_scale.py --keep DIR ...   # resumable: run again with the same DIR to go on
+
+With --keep, ClickHouse's data and the table so far are kept in DIR after each step (a hard-link
+copy: parts are never changed in place), and a run with the same DIR goes on from the last step
+completed, restoring that copy first (a step cut short is loaded again). Loading 50 M events takes
+hours here.
+
+Before timing, it waits for the machine to be quiet (load average under 1), as a wall screen's
+server would be once a backfill is over.
 
 Also every board panel's and variable's query (dashboards/grafana), as Grafana's ClickHouse data
 source sends it: each board's total for one refresh, the slowest panel, and each query in a second
@@ -18,7 +27,9 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -42,7 +53,9 @@ from tests.board_reader import BoardReader  # noqa: E402
 from tests.harness import ClickHouseServer, Pipeline  # noqa: E402
 
 UTC = dt.timezone.utc
-EVENTS_PER_VIRTUAL_S = 3.45  # at --rate 10 with office hours (a virtual week measured); corrected by the first step
+# Stored service events per virtual second at --rate 10, office hours included (the first 5 M of a
+# 50 M run: 4,163,234 in 1,449,275 s); corrected after each step from what was stored.
+SERVICE_EVENTS_PER_VIRTUAL_S = 2.87
 OLD_WAY_UP_TO = 12_000_000  # the lifecycle view groups every event: asked only while history is small
 
 
@@ -57,7 +70,7 @@ def load_step(server: ClickHouseServer, database: str, start_ms: int, end_ms: in
         sent = simulate(producer, rate, (end_ms - start_ms) / 1000, seed, start_ms, paced=False)
         producer.close()
         deadline = time.monotonic() + 3600
-        while time.monotonic() < deadline:
+        while sent and time.monotonic() < deadline:
             metrics = scrape(worker.metrics_port)
             if metrics.get("opscentre_stream_events_valid_total", 0) >= sent and not metrics.get(
                     "opscentre_stream_consumer_lag", 1):
@@ -133,6 +146,49 @@ def settle(store, limit_s: float) -> tuple[float, int]:
     return time.monotonic() - started, int(parts)
 
 
+def wait_for_quiet_machine(limit_s: float = 1800) -> float:
+    """Wait until the 1-minute load average is under 1 (nothing else running), at most `limit_s`."""
+    started = time.monotonic()
+    while os.getloadavg()[0] >= 1.0 and time.monotonic() - started < limit_s:
+        time.sleep(10)
+    return time.monotonic() - started
+
+
+class Kept:
+    """--keep DIR: the server's data after the last step completed (DIR/done), the live data
+    (DIR/live) and the progress (DIR/progress.json)."""
+
+    def __init__(self, directory: str):
+        self.dir = Path(directory)
+        self.progress_file = self.dir / "progress.json"
+
+    def progress(self) -> dict | None:
+        return json.loads(self.progress_file.read_text()) if self.progress_file.exists() else None
+
+    def server(self) -> ClickHouseServer:
+        server = ClickHouseServer()
+        os.rmdir(server.dir)
+        live = self.dir / "live"
+        if live.exists():
+            shutil.rmtree(live)
+        if (self.dir / "done").exists():  # a step cut short leaves nothing behind
+            shutil.copytree(self.dir / "done", live, copy_function=os.link)
+        live.mkdir(parents=True, exist_ok=True)
+        server.dir = str(live)
+        return server.start()
+
+    def step_done(self, server: ClickHouseServer, progress: dict) -> ClickHouseServer:
+        server.stop(keep_data=True)
+        done, previous = self.dir / "done", self.dir / "done.previous"
+        shutil.copytree(self.dir / "live", previous if done.exists() else done, copy_function=os.link)
+        if previous.exists():
+            shutil.rmtree(done)
+            previous.rename(done)
+        self.progress_file.with_suffix(".tmp").write_text(json.dumps(progress))
+        self.progress_file.with_suffix(".tmp").rename(self.progress_file)
+        return server.start()
+
+
 def timed(call, repeat: int) -> float:
     times = []
     for _ in range(repeat):
@@ -154,30 +210,47 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=10.0)
     parser.add_argument("--settle-limit", type=float, default=900,
                         help="after each step, wait this long at most for ClickHouse's merges to end before timing")
+    parser.add_argument("--keep", metavar="DIR", help="keep the data and the progress in DIR; run again to go on")
     args = parser.parse_args()
     targets = [int(float(x) * 1_000_000) for x in args.steps.split(",")]
-    server = ClickHouseServer().start()
+    kept = Kept(args.keep) if args.keep else None
+    progress = kept.progress() if kept else None
+    server = kept.server() if kept else ClickHouseServer().start()
     database = "readscale"
-    store = connect(server.url(database))
     rows, names, panel_names = [], None, None
     try:
-        per_virtual_s = EVENTS_PER_VIRTUAL_S * args.rate / 10
-        total_virtual_s = targets[-1] / per_virtual_s
-        end_ms = int((time.time() - 3600) * 1000)
-        clock_ms = end_ms - int(total_virtual_s * 1000)
-        history_start_ms, loaded = clock_ms, 0
+        if progress:
+            if progress["targets"] != targets:
+                raise SystemExit(f"{args.keep} holds a run with --steps {progress['targets']}; give the same steps")
+            per_virtual_s, end_ms, clock_ms = progress["per_virtual_s"], progress["end_ms"], progress["clock_ms"]
+            history_start_ms, loaded, first_step = progress["history_start_ms"], progress["loaded"], progress["steps_done"]
+            rows, names, panel_names = [tuple(row) for row in progress["rows"]], progress["names"], progress["panel_names"]
+            print(f"going on from step {first_step + 1} ({loaded:,} service events stored)", flush=True)
+        else:
+            per_virtual_s = SERVICE_EVENTS_PER_VIRTUAL_S * args.rate / 10
+            total_virtual_s = targets[-1] / per_virtual_s
+            end_ms = int((time.time() - 3600) * 1000)
+            clock_ms = end_ms - int(total_virtual_s * 1000)
+            history_start_ms, loaded, first_step = clock_ms, 0, 0
+        store = connect(server.url(database))
         for step, target in enumerate(targets):
+            if step < first_step:
+                continue
             remaining_steps_s = (end_ms - clock_ms) / 1000
             step_s = min(remaining_steps_s, (target - loaded) / per_virtual_s) if step < len(targets) - 1 \
                 else remaining_steps_s
+            if step_s < 60:
+                print(f"step {step + 1}: no virtual time left (the first steps held more events than estimated)")
+                break
             started = time.monotonic()
-            sent = load_step(server, database, clock_ms, clock_ms + int(step_s * 1000), args.rate, seed=100 + step)
+            load_step(server, database, clock_ms, clock_ms + int(step_s * 1000), args.rate, seed=100 + step)
             loading_s = time.monotonic() - started
             clock_ms += int(step_s * 1000)
-            loaded += sent
-            per_virtual_s = max(0.1, sent / step_s) if step == 0 else per_virtual_s
             settled_s, parts = settle(store, args.settle_limit)
+            quiet_s = wait_for_quiet_machine()
             (service,) = store.query(f"SELECT count() FROM {store.table('service_events')}")[0]
+            loaded = int(service)
+            per_virtual_s = max(0.1, loaded / ((clock_ms - history_start_ms) / 1000))
             asked = questions(store, clock_ms, history_start_ms, int(service))
             panels = panel_questions(server.url(database), clock_ms)
             names = names or list(asked)
@@ -191,11 +264,18 @@ def main() -> None:
             times["slowest panel"] = panel_times[slowest]
             rows.append((int(service), disk_mib(store), loading_s, times, panel_times))
             print(f"step {step + 1}: {int(service):,} service events, {disk_mib(store):,.0f} MiB, loaded in "
-                  f"{loading_s:,.0f} s, merges settled {settled_s:,.0f} s later ({parts:,} active parts); "
+                  f"{loading_s:,.0f} s, merges settled {settled_s:,.0f} s later ({parts:,} active parts), "
+                  f"quiet after {quiet_s:,.0f} s more; "
                   + ", ".join(f"{k} {v:.0f} ms" for k, v in times.items())
                   + f" (slowest: {slowest})", flush=True)
+            if kept:
+                server = kept.step_done(server, {
+                    "targets": targets, "per_virtual_s": per_virtual_s, "end_ms": end_ms, "clock_ms": clock_ms,
+                    "history_start_ms": history_start_ms, "loaded": loaded, "steps_done": step + 1, "rows": rows,
+                    "names": names, "panel_names": panel_names})
+                store = connect(server.url(database))
     finally:
-        server.stop()
+        server.stop(keep_data=bool(kept))
     header = "| question | " + " | ".join(f"{events / 1e6:.1f} M" for events, *_ in rows) + " |"
     print("\n" + header)
     print("|---|" + "---|" * len(rows))
