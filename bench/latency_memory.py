@@ -40,7 +40,7 @@ from opscentre.embedded import EmbeddedBroker, free_port  # noqa: E402
 from opscentre.kafka import ensure_topics  # noqa: E402
 from opscentre.local import scrape  # noqa: E402
 from producers.simulator import rfc3339  # noqa: E402
-from sinks.clickhouse_sink import raw_key_hour_range  # noqa: E402
+from sinks.clickhouse_sink import RAW_KEYS  # noqa: E402
 from streams.dedup import RecentIds  # noqa: E402
 from streams.overdue import OpenItem, OverdueTracker  # noqa: E402
 from tests.harness import ClickHouseServer, Pipeline  # noqa: E402
@@ -168,7 +168,7 @@ def main() -> None:
             # of every event_id twenty times a second would load the server being measured.
             found = store.query(
                 f"SELECT count() FROM {store.table('service_events')} WHERE "
-                f"{raw_key_hour_range('service_events', (int(sent_wall) - 1) * 1000, int(time.time() + 60) * 1000)} "
+                f"{RAW_KEYS['service_events'].between((int(sent_wall) - 1) * 1000, int(time.time() + 60) * 1000)} "
                 f"AND province = '01' "
                 f"AND event_type = 'document.exchanged' AND occurred_at >= toDateTime({int(sent_wall) - 1}) "
                 f"AND event_id = {quote(probe['event_id'])}")

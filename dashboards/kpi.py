@@ -20,9 +20,8 @@ from sinks.clickhouse_sink import (
     LIFECYCLE_MINUTE,
     SECURITY_MINUTE,
     SERVICE_MINUTE,
+    RAW_KEYS,
     grain_table,
-    key_bucket_range,
-    raw_key_hour_range,
 )
 
 # Each service counter over raw service_events rows (the partial minutes at a period's ends).
@@ -133,16 +132,10 @@ def _province_filter(province: str | None) -> str:
 
 def _raw_range(table: str, a_ms: int, b_ms: int) -> str:
     return (
-        f"{raw_key_hour_range(table, a_ms, b_ms - 1)} "
+        f"{RAW_KEYS[table].between(a_ms, b_ms - 1)} "
         f"AND occurred_at >= toDateTime({a_ms // 1000}) AND occurred_at <= toDateTime({b_ms // 1000}) "
         f"AND occurred_ms >= {a_ms} AND occurred_ms < {b_ms}"
     )
-
-
-def _bucket_range(grain, a: int, b: int) -> str:
-    """Rows of `grain` whose window starts in [a, b) (epoch s), by the sorting key's bucket too."""
-    keyed = key_bucket_range(grain, a, b - 1)
-    return (f"{keyed} AND " if keyed else "") + f"window_start >= toDateTime({a}) AND window_start < toDateTime({b})"
 
 
 def _add(totals: dict, group, keys, values) -> None:
@@ -165,7 +158,7 @@ def counters(store: Store, period: Period, province: str | None, by_agency: bool
     for table, expressions, keys in families:
         parts = [
             f"SELECT {group}, {', '.join(expressions)} FROM {store.table(grain_table(table, grain))} FINAL "
-            f"WHERE {_bucket_range(grain, a, b)}{where_province} GROUP BY {group}"
+            f"WHERE {grain.windows_between(a, b)}{where_province} GROUP BY {group}"
             for grain, a, b in period.buckets
         ]
         if parts:
@@ -213,7 +206,7 @@ def lifecycle_count(store: Store, t_ms: int, interval: str, province: str | None
     net = f"sum({interval}_entered) - sum({interval}_left)"
     parts = [
         f"SELECT {group}, {net} FROM {store.table(grain_table(LIFECYCLE_MINUTE, grain))} FINAL "
-        f"WHERE {_bucket_range(grain, a, b)}{where_province} GROUP BY {group}"
+        f"WHERE {grain.windows_between(a, b)}{where_province} GROUP BY {group}"
         for grain, a, b in (whole_buckets(0, minute_s) if minute_s > 0 else [])
     ]
     kind, family = _EDGE_FAMILIES[interval]
@@ -221,7 +214,7 @@ def lifecycle_count(store: Store, t_ms: int, interval: str, province: str | None
         parts.append(
             f"SELECT {group}, sumIf(weight, direction = 'entered') - sumIf(weight, direction = 'left') "
             f"FROM {store.table('lifecycle_edges')} FINAL WHERE kind = '{kind}' AND family = '{family}' "
-            f"AND {raw_key_hour_range('lifecycle_edges', minute_s * 1000, int(t_ms) - 1)} "
+            f"AND {RAW_KEYS['lifecycle_edges'].between(minute_s * 1000, int(t_ms) - 1)} "
             f"AND at_ms >= {minute_s * 1000} AND at_ms < {int(t_ms)}{where_province} GROUP BY {group}")
     totals: dict = {}
     if parts:

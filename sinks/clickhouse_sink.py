@@ -84,6 +84,35 @@ LIFECYCLE_MINUTE = AggregateTable("lifecycle_minute", LIFECYCLE_DIMENSIONS, LIFE
 
 
 @dataclass(frozen=True)
+class KeyBucket:
+    """The time bucket leading a table's sorting key (schema 9): its SQL, and that bucket of an
+    instant given as SQL (`{t}`, in the table's unit: seconds for the rows, ms for raw tables).
+    The keys lead with it so that a question about a short stretch of every province reads that
+    stretch's rows only. ClickHouse 18.16 does not narrow a key on `toStartOfHour(window_start)`
+    from conditions on `window_start`, so the readers name the buckets as well; on tables created
+    before schema 9 this is a filter like any other. No column (months): every condition is ''."""
+
+    column: str | None = None
+    of: str | None = None
+
+    def at(self, instant) -> str:
+        return self.of.format(t=instant)
+
+    def any_of(self, *instants) -> str:
+        """Rows in the bucket of one of the instants."""
+        if self.column is None:
+            return ""
+        values = sorted(set(self.at(t) for t in instants))
+        return "(" + " OR ".join(f"{self.column} = {value}" for value in values) + ")"
+
+    def between(self, low, high) -> str:
+        """Rows in the buckets from that of `low` to that of `high` (inclusive)."""
+        if self.column is None:
+            return ""
+        return f"{self.column} >= {self.at(low)} AND {self.column} <= {self.at(high)}"
+
+
+@dataclass(frozen=True)
 class Grain:
     """A bucket size of the per-partition rows, each coarser one the sum of the finer ones. The
     stream keeps the rows of every grain; ClickHouse recomputes them from the finer rows (and the
@@ -92,13 +121,13 @@ class Grain:
 
     name: str
     bucket_sql: str  # the bucket's start (epoch s, UTC) of the row's `window_start`
-    # The time bucket leading this grain's sorting keys (a coarser bucket of `window_start`; none for
-    # months), and that bucket of an instant given as SQL seconds. See key_buckets().
-    key_bucket: str | None = None
-    key_bucket_of: str | None = None
+    key: KeyBucket = KeyBucket()  # a coarser bucket of `window_start`
 
-    def key_bucket_at(self, instant_s) -> str:
-        return self.key_bucket_of.format(s=instant_s)
+    def windows_between(self, start, end) -> str:
+        """Rows whose window starts in [start, end) (epoch s, SQL or int), by the key's bucket too."""
+        keyed = self.key.between(start, f"{end} - 1")
+        return (f"{keyed} AND " if keyed else "") + \
+            f"window_start >= toDateTime({start}) AND window_start < toDateTime({end})"
 
     def bucket(self, window_s: int) -> int:
         if self.name == "month":
@@ -116,53 +145,19 @@ class Grain:
 
 SPANS = {"minute": 60, "hour": 3600, "day": 86400}
 MINUTE = Grain("minute", "toUInt32(window_start)",
-               "toStartOfHour(window_start)", "toDateTime(intDiv({s}, 3600) * 3600)")
+               KeyBucket("toStartOfHour(window_start)", "toDateTime(intDiv({t}, 3600) * 3600)"))
 HOUR = Grain("hour", "intDiv(toUInt32(window_start), 3600) * 3600",
-             "toStartOfDay(window_start)", "toDateTime(intDiv({s}, 86400) * 86400)")
+             KeyBucket("toStartOfDay(window_start)", "toDateTime(intDiv({t}, 86400) * 86400)"))
 DAY = Grain("day", "intDiv(toUInt32(window_start), 86400) * 86400",
-            "toStartOfMonth(window_start)", "toStartOfMonth(toDateTime({s}, 'UTC'))")
+            KeyBucket("toStartOfMonth(window_start)", "toStartOfMonth(toDateTime({t}, 'UTC'))"))
 MONTH = Grain("month", "toUInt32(toStartOfMonth(window_start)) * 86400")
 GRAINS = (MINUTE, HOUR, DAY, MONTH)
-# The hour leading the raw tables' sorting keys, by table: (its SQL, that hour of an instant in SQL ms).
-RAW_KEY_HOURS = {
-    "service_events": ("toStartOfHour(occurred_at)", "toDateTime(intDiv({ms}, 3600000) * 3600)"),
-    "security_events": ("toStartOfHour(occurred_at)", "toDateTime(intDiv({ms}, 3600000) * 3600)"),
-    "lifecycle_edges": ("intDiv(at_ms, 3600000)", "intDiv({ms}, 3600000)"),
+_RAW_HOUR = KeyBucket("toStartOfHour(occurred_at)", "toDateTime(intDiv({t}, 3600000) * 3600)")
+RAW_KEYS = {  # the hour leading each raw table's sorting key, of instants in ms
+    "service_events": _RAW_HOUR,
+    "security_events": _RAW_HOUR,
+    "lifecycle_edges": KeyBucket("intDiv(at_ms, 3600000)", "intDiv({t}, 3600000)"),
 }
-
-
-def key_buckets(grain: Grain, *instants_s) -> str:
-    """Rows of `grain` whose sorting key's time bucket is that of one of the instants (SQL or epoch
-    s): '' for months. The tables' keys lead with a coarser time bucket (schema 9), so that a
-    question about a short stretch of every province reads that stretch's rows only. ClickHouse
-    18.16 does not narrow a key on `toStartOfHour(window_start)` from conditions on `window_start`,
-    so the readers name the buckets as well; on tables created before schema 9 this is a filter
-    like any other."""
-    if grain.key_bucket is None:
-        return ""
-    values = sorted(set(grain.key_bucket_at(s) for s in instants_s))
-    return "(" + " OR ".join(f"{grain.key_bucket} = {value}" for value in values) + ")"
-
-
-def key_bucket_range(grain: Grain, low_s, high_s) -> str:
-    """Rows of `grain` whose key bucket lies from that of `low_s` to that of `high_s` (inclusive)."""
-    if grain.key_bucket is None:
-        return ""
-    return f"{grain.key_bucket} >= {grain.key_bucket_at(low_s)} AND {grain.key_bucket} <= {grain.key_bucket_at(high_s)}"
-
-
-def raw_key_hours(table: str, *instants_ms) -> str:
-    """Rows of a raw table in the hour of one of the instants (SQL or epoch ms), by the hour leading
-    its sorting key (see key_buckets)."""
-    column, of = RAW_KEY_HOURS[table]
-    values = sorted(set(of.format(ms=ms) for ms in instants_ms))
-    return "(" + " OR ".join(f"{column} = {value}" for value in values) + ")"
-
-
-def raw_key_hour_range(table: str, low_ms, high_ms) -> str:
-    """Rows of a raw table in the hours from that of `low_ms` to that of `high_ms` (inclusive)."""
-    column, of = RAW_KEY_HOURS[table]
-    return f"{column} >= {of.format(ms=low_ms)} AND {column} <= {of.format(ms=high_ms)}"
 
 
 def grain_table(table: AggregateTable, grain: Grain) -> str:
@@ -373,7 +368,7 @@ class ClickHouseSink:
         then their rollups: for the rows a worker that died may have left behind its transitions.
         A function of stored rows: always safe to redo."""
         bucket = "intDiv(intDiv(at_ms, 1000), 60) * 60"
-        hour = RAW_KEY_HOURS["lifecycle_edges"][0]
+        hour = RAW_KEYS["lifecycle_edges"].column
         sums = ", ".join(
             f"sumIf(weight, kind = '{kind}' AND family = '{family}' AND direction = '{direction}')"
             for kind in ("dossier", "feedback") for family in ("open", "overdue") for direction in ("entered", "left"))
@@ -463,7 +458,7 @@ class ClickHouseSink:
                     f"INSERT INTO {self.store.table(grain_table(table, coarser))} ({columns}) "
                     f"SELECT toDateTime({coarser.bucket_sql}) AS bucket, {dims}, topic_id, source_partition, max(version), "
                     f"{sums} FROM {self.store.table(grain_table(table, finer))} FINAL "
-                    f"WHERE ({bucket_ranges(finer.key_bucket, buckets, coarser.next, finer.key_bucket_at)}) "
+                    f"WHERE ({bucket_ranges(finer.key.column, buckets, coarser.next, finer.key.at)}) "
                     f"AND ({bucket_ranges('window_start', buckets, coarser.next, lambda s: f'toDateTime({s})')}) "
                     f"AND (topic_id, source_partition, {coarser.bucket_sql}) IN ({keys}) "
                     f"GROUP BY bucket, {dims}, topic_id, source_partition")

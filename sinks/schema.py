@@ -450,8 +450,8 @@ def rollup_statements(database: str, server_version: tuple[int, ...]) -> list[st
         for grain in GRAINS[1:]:
             sql = source.replace(f".{table.name} (", f".{grain_table(table, grain)} (")
             sql = sql.replace("PARTITION BY toYYYYMM(window_start)", f"PARTITION BY {_ROLLUP_PARTITIONS[grain.name]}")
-            sql = sql.replace(f"ORDER BY ({MINUTE.key_bucket}, ",
-                              f"ORDER BY ({grain.key_bucket}, " if grain.key_bucket else "ORDER BY (")
+            sql = sql.replace(f"ORDER BY ({MINUTE.key.column}, ",
+                              f"ORDER BY ({grain.key.column}, " if grain.key.column else "ORDER BY (")
             created.append(sql)
     return created
 

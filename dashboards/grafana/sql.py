@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from opscentre.measures import SERVICE_COUNTERS
 from sinks.clickhouse_sink import GRAINS as SINK_GRAINS
-from sinks.clickhouse_sink import key_bucket_range, key_buckets, raw_key_hour_range, raw_key_hours
+from sinks.clickhouse_sink import RAW_KEYS
 
 from ..kpi import BUCKET_SECURITY, RAW_SECURITY, RAW_SERVICE, SECURITY_KEYS
 
@@ -70,7 +70,7 @@ def _between(column: str, low: str | None, high: str) -> str:
 def bucket_range(grain: str, start: str | None, end: str) -> str:
     """The rows of `grain` (window_start) that a split of [start, end) reads at that grain;
     start None is 1970. Below months they lie in at most two buckets of the next grain, the ones
-    holding the first and the last row: the sorting key's leading bucket (key_buckets) names them."""
+    holding the first and the last row: the sorting key's leading bucket (KeyBucket) names them."""
     index = GRAINS.index(grain)
     own = _between("window_start", None if start is None else ceil_to(grain, start), floor_to(grain, end))
     if index + 1 == len(GRAINS):
@@ -78,27 +78,26 @@ def bucket_range(grain: str, start: str | None, end: str) -> str:
     coarser = GRAINS[index + 1]
     taken = _between("window_start", None if start is None else ceil_to(coarser, start), floor_to(coarser, end))
     last = f"{floor_to(grain, end)} - {_SPANS[grain]}"
-    keyed = key_buckets(SINK_GRAINS[index], *([last] if start is None else [ceil_to(grain, start), last]))
+    keyed = SINK_GRAINS[index].key.any_of(*([last] if start is None else [ceil_to(grain, start), last]))
     return f"{keyed} AND {own} AND NOT ({taken})"
 
 
 def window_between(grain: str, start: str, end: str) -> str:
     """The rows of `grain` whose window starts in [start, end) (whole seconds)."""
-    keyed = key_bucket_range(SINK_GRAINS[GRAINS.index(grain)], start, f"{end} - 1")
-    return (f"{keyed} AND " if keyed else "") + _between("window_start", start, end)
+    return SINK_GRAINS[GRAINS.index(grain)].windows_between(start, end)
 
 
 def raw_range(start: str, end: str, table: str, column: str = "occurred_at") -> str:
     """The raw rows of [start, end) (whole seconds) outside its whole minutes: in the hour of
     `start` or of the last second."""
     whole = _between(column, ceil_to("minute", start), floor_to("minute", end))
-    return (f"{raw_key_hours(table, f'{start} * 1000', f'({end} - 1) * 1000')} AND {_between(column, start, end)} "
+    return (f"{RAW_KEYS[table].any_of(f'{start} * 1000', f'({end} - 1) * 1000')} AND {_between(column, start, end)} "
             f"AND NOT ({whole})")
 
 
 def raw_between(start: str, end: str, table: str, column: str = "occurred_at") -> str:
     """The raw rows of [start, end) (whole seconds)."""
-    return f"{raw_key_hour_range(table, f'{start} * 1000', f'({end} - 1) * 1000')} AND {_between(column, start, end)}"
+    return f"{RAW_KEYS[table].between(f'{start} * 1000', f'({end} - 1) * 1000')} AND {_between(column, start, end)}"
 
 
 @dataclass(frozen=True)
@@ -176,7 +175,7 @@ def instant_branches(measures: Sequence[Measure], *, columns: Sequence[str] | No
                         _and(bucket_range(grain, None, at), where)) for grain in GRAINS]
     minute = floor_to("minute", at)
     branches.append(_select(group_by, _values(measures, columns, "raw"), "lifecycle_edges",
-                            _and(f"{raw_key_hours('lifecycle_edges', f'{minute} * 1000')} "
+                            _and(f"{RAW_KEYS['lifecycle_edges'].any_of(f'{minute} * 1000')} "
                                  f"AND at_ms >= {minute} * 1000 AND at_ms < {at} * 1000", where)))
     return branches
 
