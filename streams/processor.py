@@ -1117,22 +1117,29 @@ class Processor:
             self._stored_rollups(state, LIFECYCLE_MINUTE, since))
 
     def _roll_up(self, state: PartitionState, row_set: RowSet, changes: list, version: int, batch: WriteBatch) -> None:
-        """Add the minute rows' changes to their hour, day and month rows and put those in the batch.
-        A bucket that may have stored rows not in memory gets them added first, as minute rows do."""
+        """Add the minute rows' changes to their hour rows, the hour rows' changes to their day rows,
+        and those to their month rows (a backfill's snapshot touches a minute row per event or so,
+        and far fewer hour rows), and put those rows in the batch. A bucket that may have stored
+        rows not in memory gets them added first, as minute rows do."""
         topic_id, partition = state.topic_id, state.partition
         for index, (grain, rows) in enumerate(zip(ROLLUP_GRAINS, row_set.rollups)):
             touched = {}
+            before = {}  # coarse key -> its counters before this snapshot's changes
             buckets: dict = {}
             for key, change in changes:
                 bucket = buckets.get(key[0])
                 if bucket is None:
                     bucket = buckets[key[0]] = grain.bucket(key[0])
                 coarse_key = (bucket, *key[1:])
-                row = rows.get(coarse_key)
+                row = touched.get(coarse_key)
                 if row is None:
-                    row = row_set.new_coarse_row(index, coarse_key)
+                    row = rows.get(coarse_key)
+                    if row is None:
+                        row = row_set.new_coarse_row(index, coarse_key)
+                    touched[coarse_key] = row
+                    before[coarse_key] = row.counters
                 row.counters = list(map(add, row.counters, change))
-                touched[coarse_key] = row
+            changes = [(key, list(map(sub, row.counters, before[key]))) for key, row in touched.items()]
             table = at_grain(row_set.table, grain)
             self._add_stored(state, table, touched, touched)
             batch.rollups.setdefault(table.name, []).extend(
