@@ -49,6 +49,7 @@ from opscentre.local import scrape  # noqa: E402
 from opscentre.settings import Settings  # noqa: E402
 from producers.batching import BatchingProducer  # noqa: E402
 from producers.simulator import simulate  # noqa: E402
+from sinks.clickhouse_sink import ClickHouseSink  # noqa: E402
 from tests.board_reader import BoardReader  # noqa: E402
 from tests.harness import ClickHouseServer, Pipeline  # noqa: E402
 
@@ -131,6 +132,19 @@ def panel_questions(url: str, end_ms: int) -> dict:
         sql = expand(query, start, end, default_variables(settings, query.board), now=end)
         asked[f"{query.board.removeprefix('opscentre-')}: {query.title}"] = lambda sql=sql: reader.run(sql)
     return asked
+
+
+def purge_closed_items(store) -> int:
+    """What a worker's hourly purge leaves of `open_items` once the step's closings are older than
+    its horizon: the items still open. The step's workers live less than an hour, so theirs never
+    ran, and a history loaded at its own pace keeps only the last hour's closings. Returns the rows left."""
+    sink = ClickHouseSink(store)
+    for topic_id, partition in store.query(f"SELECT DISTINCT topic_id, source_partition FROM {store.table('open_items')}"):
+        sink.purge_open_items(topic_id, int(partition), 2**62, int(time.time() * 1000))
+    while int(store.query(f"SELECT count() FROM system.mutations WHERE database = '{store.database}' "
+                          "AND table = 'open_items' AND NOT is_done")[0][0]):
+        time.sleep(2)
+    return int(store.query(f"SELECT count() FROM {store.table('open_items')}")[0][0])
 
 
 def settle(store, limit_s: float) -> tuple[float, int]:
@@ -246,6 +260,7 @@ def main() -> None:
             load_step(server, database, clock_ms, clock_ms + int(step_s * 1000), args.rate, seed=100 + step)
             loading_s = time.monotonic() - started
             clock_ms += int(step_s * 1000)
+            open_rows = purge_closed_items(store)
             settled_s, parts = settle(store, args.settle_limit)
             quiet_s = wait_for_quiet_machine()
             (service,) = store.query(f"SELECT count() FROM {store.table('service_events')}")[0]
@@ -265,7 +280,7 @@ def main() -> None:
             rows.append((int(service), disk_mib(store), loading_s, times, panel_times))
             print(f"step {step + 1}: {int(service):,} service events, {disk_mib(store):,.0f} MiB, loaded in "
                   f"{loading_s:,.0f} s, merges settled {settled_s:,.0f} s later ({parts:,} active parts), "
-                  f"quiet after {quiet_s:,.0f} s more; "
+                  f"quiet after {quiet_s:,.0f} s more, {open_rows:,} open_items rows; "
                   + ", ".join(f"{k} {v:.0f} ms" for k, v in times.items())
                   + f" (slowest: {slowest})", flush=True)
             if kept:
