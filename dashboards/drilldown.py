@@ -5,7 +5,8 @@ backlog, never by the stored history.
 - `overdue_items` reads `open_items`, which holds the items still open (and the ones closed in the
   last hour or so: the worker purges the others), and takes each one's pseudonym from `alerts`. It
   reads the agency's (or province's) rows and the closings of items the worker did not hold: any
-  other closing is filed under its item's agency (sinks.schema.OPEN_ITEMS_VIEW).
+  other closing is filed under its item's agency (sinks.schema.OPEN_ITEMS_VIEW). The pseudonyms
+  are then read for the items listed only, by id (`alerts` holds every item ever overdue).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 
 from opscentre.clickhouse import Store, quote
+from sinks.clickhouse_sink import literal_lists
 from sinks.schema import UNHELD_CLOSING
 
 HISTORY_COLUMNS = ("event_type", "occurred_ms", "due_ms", "province", "agency", "procedure_code", "service_level",
@@ -35,15 +37,19 @@ def overdue_items(store: Store, at_ms: int, province: str, agency: str | None = 
     position = "source_offset * 100000 + item_index"
     scope = f"province = {quote(province)}" + ("" if agency is None else f" AND agency = {quote(agency)}")
     rows = store.query(
-        f"SELECT o.item_id, a.item_ref, o.agency, o.procedure_code, o.due_ms FROM ("
+        f"SELECT item_id, agency, procedure_code, due_ms FROM ("
         f"SELECT kind, item_id, argMinIf(agency, {position}, NOT closed) AS agency, "
         f"argMinIf(procedure_code, {position}, NOT closed) AS procedure_code, "
         f"argMinIf(due_ms, {position}, NOT closed) AS due_ms FROM (SELECT * FROM {store.table('open_items')} "
         f"WHERE kind = {quote(kind)} AND ({scope} OR closed = {UNHELD_CLOSING})) "
-        f"GROUP BY kind, item_id HAVING countIf(NOT closed) > 0 AND countIf(closed) = 0 AND due_ms < {int(at_ms)}) AS o "
-        f"ANY LEFT JOIN (SELECT kind, item_id, any(item_ref) AS item_ref FROM {store.table('alerts')} "
-        f"WHERE kind = {quote(kind)} AND status = 'firing' AND {scope} GROUP BY kind, item_id) AS a USING (kind, item_id) "
-        f"ORDER BY o.due_ms, o.item_id LIMIT {int(limit)}")
+        f"GROUP BY kind, item_id HAVING countIf(NOT closed) > 0 AND countIf(closed) = 0 AND due_ms < {int(at_ms)}) "
+        f"ORDER BY due_ms, item_id LIMIT {int(limit)}")
+    refs = {}
+    for _, ids in literal_lists([quote(item_id) for item_id, *_ in rows]):  # alerts hold every item ever overdue
+        refs.update(store.query(
+            f"SELECT item_id, any(item_ref) FROM {store.table('alerts')} WHERE kind = {quote(kind)} "
+            f"AND item_id IN ({ids}) AND status = 'firing' GROUP BY item_id"))
+    rows = [(item_id, refs.get(item_id), agency, procedure, due) for item_id, agency, procedure, due in rows]
     return [{"item_id": item_id, "item_ref": item_ref or None, "agency": agency, "procedure_code": procedure,
              "due_ms": int(due), "hours_overdue": round((int(at_ms) - int(due)) / 3_600_000, 1)}
             for item_id, item_ref, agency, procedure, due in rows]
