@@ -48,7 +48,7 @@ def overdue_items(store: Store, at_ms: int, province: str, agency: str | None = 
     for _, ids in literal_lists([quote(item_id) for item_id, *_ in rows]):  # alerts hold every item ever overdue
         refs.update(store.query(
             f"SELECT item_id, any(item_ref) FROM {store.table('alerts')} WHERE kind = {quote(kind)} "
-            f"AND item_id IN ({ids}) AND status = 'firing' GROUP BY item_id"))
+            f"AND province = {quote(province)} AND item_id IN ({ids}) AND status = 'firing' GROUP BY item_id"))
     rows = [(item_id, refs.get(item_id), agency, procedure, due) for item_id, agency, procedure, due in rows]
     return [{"item_id": item_id, "item_ref": item_ref or None, "agency": agency, "procedure_code": procedure,
              "due_ms": int(due), "hours_overdue": round((int(at_ms) - int(due)) / 3_600_000, 1)}

@@ -420,10 +420,11 @@ class ClickHouseSink:
             f"(SELECT kind, item_id FROM {table} WHERE {before} AND closed AND record_ms >= {int(since_record_ms)}) "
             f"GROUP BY kind, item_id ORDER BY maxIf(record_ms, closed)")
         detected = {}
-        for _, keys in literal_lists([f"({quote(k)}, {quote(i)})" for k, i, *_, al in open_items if al]):
+        # By (kind, province, item): the prefix of alerts' sorting key.
+        for _, keys in literal_lists([f"({quote(k)}, {quote(p)}, {quote(i)})" for k, i, _, _, p, *_, al in open_items if al]):
             detected.update(((k, i), int(ms)) for k, i, ms in self.store.query(
                 f"SELECT kind, item_id, max(detected_ms) FROM {self.store.table('alerts')} WHERE {source} "
-                f"AND status = 'firing' AND (kind, item_id) IN ({keys}) GROUP BY kind, item_id"))
+                f"AND status = 'firing' AND (kind, province, item_id) IN ({keys}) GROUP BY kind, item_id"))
         return ([(k, i, int(r), int(d), p, a, c, max(1, detected.get((k, i), 1)) if al else 0)
                  for k, i, r, d, p, a, c, al in open_items],
                 [(k, i, int(c), int(ms), bool(received)) for k, i, c, ms, received in closings])

@@ -126,7 +126,7 @@ ALERTS_TABLE = """CREATE TABLE IF NOT EXISTS {db}.{name} (
     written_at DateTime('UTC') DEFAULT now()
 ) ENGINE = ReplacingMergeTree(published)
 PARTITION BY toYYYYMM(toDateTime(intDiv(due_ms, 1000)))
-ORDER BY (kind, item_id, status)"""
+ORDER BY (kind, province, item_id, status)"""
 _ALERT_COPY = ("alert_id, type, kind, item_id, item_ref, province, agency, procedure_code, due_ms, detected_ms, replayed, "
                "published, published_offset, topic_id, source_partition, source_offset")
 
@@ -521,7 +521,7 @@ def migrate(store: Store) -> int:
     # events a database already holds with the stream's rules; a database without events has none.
     wanted = {ITEM_VIEWS_SINCE, REDACTED_SINCE, ROLLUPS_SINCE, ITEM_HISTORY_SINCE, SORTING_KEYS_SINCE,
               ATTRIBUTED_CLOSINGS_SINCE} - {LIFECYCLE_SINCE}
-    stale = [] if SORTING_KEYS_SINCE in applied else tables_to_rekey(store)
+    stale = tables_to_rekey(store)  # alerts were re-sorted after SORTING_KEYS_SINCE was recorded
     if stale:
         wanted.discard(SORTING_KEYS_SINCE)
         logger.warning("tables from before schema %d keep their sorting keys: %s. Answers are exact; questions "
@@ -536,8 +536,9 @@ def migrate(store: Store) -> int:
 
 
 # The tables whose sorting keys changed in SORTING_KEYS_SINCE (`db rekey` rebuilds those of an older
-# database): a time bucket first, and open_items by kind, closed, province and agency.
-REKEYED = ("service_events", "security_events", "lifecycle_edges", "open_items",
+# database): a time bucket first, open_items by kind, closed, province and agency, and (since schema
+# 10) alerts by kind and province before the item: a province's longest-overdue list reads its own.
+REKEYED = ("service_events", "security_events", "lifecycle_edges", "open_items", "alerts",
            *(table.name for table in (SERVICE_MINUTE, SECURITY_MINUTE, LIFECYCLE_MINUTE)),
            *(grain_table(table, grain) for table in (SERVICE_MINUTE, SECURITY_MINUTE, LIFECYCLE_MINUTE)
              for grain in GRAINS[1:3]))
