@@ -568,8 +568,8 @@ def _sorting_key(sql: str) -> str:
 
 def tables_to_rekey(store: Store) -> list[str]:
     """The tables of REKEYED whose sorting key is not the one this version creates: those of a
-    database created before schema 9. Their answers are exact; a question about a short stretch of
-    every province reads more of them."""
+    database created before schema 9 (alerts: before 10). Their answers are exact; a question about
+    a short stretch of every province, or a province's overdue pseudonyms, reads more of them."""
     wanted = {name: _sorting_key(sql) for name, sql in _created_tables(store).items()}
     node = store.nodes()[0]
     stale = []
