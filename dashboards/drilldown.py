@@ -30,6 +30,13 @@ def item_history(store: Store, item_id: str) -> list[dict]:
     return [dict(zip(HISTORY_COLUMNS, row)) for row in rows]
 
 
+def overdue_list_rows(table: str, kind: str, scope: str) -> str:
+    """The rows of `open_items` (named `table`) an overdue list of `kind` within `scope` (a condition
+    on province and agency) groups by item: the scope's own, as a closing is filed under its item's
+    agency, and the closings of items the worker did not hold (sinks.schema.OPEN_ITEMS_VIEW)."""
+    return f"(SELECT * FROM {table} WHERE kind = {quote(kind)} AND ({scope} OR closed = {UNHELD_CLOSING}))"
+
+
 def overdue_items(store: Store, at_ms: int, province: str, agency: str | None = None, kind: str = "dossier",
                   limit: int = 1000) -> list[dict]:
     """Items received, not closed, due before `at_ms`, longest overdue first: (item_id, item_ref: the
@@ -40,9 +47,9 @@ def overdue_items(store: Store, at_ms: int, province: str, agency: str | None = 
         f"SELECT item_id, agency, procedure_code, due_ms FROM ("
         f"SELECT kind, item_id, argMinIf(agency, {position}, NOT closed) AS agency, "
         f"argMinIf(procedure_code, {position}, NOT closed) AS procedure_code, "
-        f"argMinIf(due_ms, {position}, NOT closed) AS due_ms FROM (SELECT * FROM {store.table('open_items')} "
-        f"WHERE kind = {quote(kind)} AND ({scope} OR closed = {UNHELD_CLOSING})) "
-        f"GROUP BY kind, item_id HAVING countIf(NOT closed) > 0 AND countIf(closed) = 0 AND due_ms < {int(at_ms)}) "
+        f"argMinIf(due_ms, {position}, NOT closed) AS due_ms FROM "
+        f"{overdue_list_rows(store.table('open_items'), kind, scope)} GROUP BY kind, item_id "
+        f"HAVING countIf(NOT closed) > 0 AND countIf(closed) = 0 AND due_ms < {int(at_ms)}) "
         f"ORDER BY due_ms, item_id LIMIT {int(limit)}")
     refs = {}
     for _, ids in literal_lists([quote(item_id) for item_id, *_ in rows]):  # alerts hold every item ever overdue

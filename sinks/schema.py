@@ -376,7 +376,7 @@ ORDER BY (intDiv(at_ms, 3600000), province, at_ms, topic_id, source_partition, s
 PARTITION BY toYYYYMM(window_start)
 ORDER BY (toStartOfHour(window_start), province, agency, procedure_code, window_start, topic_id, source_partition)""",
         # A take-over reads its source partition (the table's partitions); an agency's overdue list
-        # reads that agency's open receipts first (the sorting key), then those items' rows.
+        # reads that agency's rows and the unheld closings (the sorting key; OPEN_ITEMS_VIEW).
         f"""CREATE TABLE IF NOT EXISTS {db}.open_items (
     topic_id {lc},
     source_partition UInt16,
@@ -524,9 +524,9 @@ def migrate(store: Store) -> int:
     stale = tables_to_rekey(store)  # alerts were re-sorted after SORTING_KEYS_SINCE was recorded
     if stale:
         wanted.discard(SORTING_KEYS_SINCE)
-        logger.warning("tables from before schema %d keep their sorting keys: %s. Answers are exact; questions "
-                       "about a short stretch of every province read more. `opscentre db rekey`, with the workers "
-                       "stopped, rebuilds them.", SORTING_KEYS_SINCE, ", ".join(stale))
+        logger.warning("tables keep the sorting keys of an earlier schema: %s. Answers are exact; questions "
+                       "about a short stretch of every province, or a province's overdue list, read more. "
+                       "`opscentre db rekey`, with the workers stopped, rebuilds them.", ", ".join(stale))
     if LIFECYCLE_SINCE not in applied and not int(
             store.query(f"SELECT count() FROM {store.table('service_events')}")[0][0]):
         wanted.add(LIFECYCLE_SINCE)

@@ -1139,7 +1139,8 @@ class Processor:
                     touched[coarse_key] = row
                     before[coarse_key] = row.counters
                 row.counters = list(map(add, row.counters, change))
-            changes = [(key, list(map(sub, row.counters, before[key]))) for key, row in touched.items()]
+            if index + 1 < len(ROLLUP_GRAINS):  # the next grain's input
+                changes = [(key, list(map(sub, row.counters, before[key]))) for key, row in touched.items()]
             table = at_grain(row_set.table, grain)
             self._add_stored(state, table, touched, touched)
             batch.rollups.setdefault(table.name, []).extend(

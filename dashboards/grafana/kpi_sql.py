@@ -16,8 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sinks.schema import UNHELD_CLOSING
-
+from ..drilldown import overdue_list_rows
 from . import sql
 from .sql import FROM, TO, Measure, share
 
@@ -204,7 +203,7 @@ FROM (
     SELECT kind, item_id, argMinIf(due_ms, {first}, NOT closed) AS due_ms,
            argMinIf(province, {first}, NOT closed) AS province, argMinIf(agency, {first}, NOT closed) AS agency,
            argMinIf(procedure_code, {first}, NOT closed) AS procedure_code
-    FROM (SELECT * FROM open_items WHERE kind = 'dossier' AND ({where} OR closed = {UNHELD_CLOSING}))
+    FROM {overdue_list_rows("open_items", "dossier", where)}
     GROUP BY kind, item_id
     HAVING countIf(NOT closed) > 0 AND countIf(closed AND occurred_ms < {TO} * 1000) = 0 AND due_ms < {TO} * 1000
 ) AS overdue
