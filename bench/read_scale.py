@@ -50,6 +50,7 @@ from opscentre.settings import Settings  # noqa: E402
 from producers.batching import BatchingProducer  # noqa: E402
 from producers.simulator import simulate  # noqa: E402
 from sinks.clickhouse_sink import ClickHouseSink  # noqa: E402
+from sinks.schema import migrate, rekey  # noqa: E402
 from tests.board_reader import BoardReader  # noqa: E402
 from tests.harness import ClickHouseServer, Pipeline  # noqa: E402
 
@@ -203,13 +204,66 @@ class Kept:
         return server.start()
 
 
+def idle_share(sample_s: float = 1.0) -> float:
+    """The share of every core left idle over `sample_s` (/proc/stat)."""
+    def idle_and_total():
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+        return fields[3] + fields[4], sum(fields)
+    idle_before, total_before = idle_and_total()
+    time.sleep(sample_s)
+    idle_after, total_after = idle_and_total()
+    return (idle_after - idle_before) / max(1, total_after - total_before)
+
+
+def wait_for_idle_cores(limit_s: float = 600) -> None:
+    """Before each question: wait until nothing else uses the cores (90 % idle over a second), at
+    most `limit_s`; a load average cannot tell, since the questions raise it themselves."""
+    started = time.monotonic()
+    while idle_share() < 0.9 and time.monotonic() - started < limit_s:
+        pass
+
+
 def timed(call, repeat: int) -> float:
+    wait_for_idle_cores()
     times = []
     for _ in range(repeat):
         started = time.perf_counter()
         call()
         times.append(time.perf_counter() - started)
     return statistics.median(times)
+
+
+def time_questions(store, url: str, clock_ms: int, history_start_ms: int, stored: int,
+                   repeat: int) -> tuple[dict, dict, str]:
+    """(question -> ms, board panel -> ms, the slowest panel), each the median of `repeat`; the
+    questions' times also hold each board's total for one refresh and the slowest panel's."""
+    times = {name: timed(call, repeat) * 1000 for name, call in questions(store, clock_ms, history_start_ms, stored).items()}
+    panel_times = {name: timed(call, repeat) * 1000 for name, call in panel_questions(url, clock_ms).items()}
+    for board in dict.fromkeys(name.split(":")[0] for name in panel_times):
+        board_times = [t for name, t in panel_times.items() if name.split(":")[0] == board]
+        times[f"board {board}: every panel, one refresh"] = sum(board_times)
+    slowest = max(panel_times, key=panel_times.get)
+    times["slowest panel"] = panel_times[slowest]
+    return times, panel_times, slowest
+
+
+def questions_names(times: dict) -> list[str]:
+    return [name for name in times if not name.startswith("board ") and name != "slowest panel"]
+
+
+def retime_last_step(store, url: str, progress: dict, repeat: int) -> None:
+    """--retime: bring the kept data to this version's schema, as an upgrade would (migrate, then
+    db rekey for tables sorted by an older key), and time the last step's questions again."""
+    migrate(store)
+    rekey(store, progress=lambda message: print(message, flush=True))
+    settle(store, 900)
+    wait_for_quiet_machine()
+    loaded, _, loading_s, *_ = progress["rows"][-1]
+    times, panel_times, slowest = time_questions(store, url, progress["clock_ms"], progress["history_start_ms"],
+                                                 loaded, repeat)
+    progress["rows"][-1] = (loaded, disk_mib(store), loading_s, times, panel_times)
+    print(f"step {progress['steps_done']} timed again: {loaded:,} service events, {disk_mib(store):,.0f} MiB; "
+          + ", ".join(f"{k} {v:.0f} ms" for k, v in times.items()) + f" (slowest: {slowest})", flush=True)
 
 
 def disk_mib(store) -> float:
@@ -225,7 +279,11 @@ def main() -> None:
     parser.add_argument("--settle-limit", type=float, default=900,
                         help="after each step, wait this long at most for ClickHouse's merges to end before timing")
     parser.add_argument("--keep", metavar="DIR", help="keep the data and the progress in DIR; run again to go on")
+    parser.add_argument("--retime", action="store_true",
+                        help="with --keep: time the last step kept again, without loading (after migrate and db rekey)")
     args = parser.parse_args()
+    if args.retime and not args.keep:
+        parser.error("--retime needs --keep DIR")
     targets = [int(float(x) * 1_000_000) for x in args.steps.split(",")]
     kept = Kept(args.keep) if args.keep else None
     progress = kept.progress() if kept else None
@@ -239,7 +297,8 @@ def main() -> None:
             per_virtual_s, end_ms, clock_ms = progress["per_virtual_s"], progress["end_ms"], progress["clock_ms"]
             history_start_ms, loaded, first_step = progress["history_start_ms"], progress["loaded"], progress["steps_done"]
             rows, names, panel_names = [tuple(row) for row in progress["rows"]], progress["names"], progress["panel_names"]
-            print(f"going on from step {first_step + 1} ({loaded:,} service events stored)", flush=True)
+            if not args.retime:
+                print(f"going on from step {first_step + 1} ({loaded:,} service events stored)", flush=True)
         else:
             per_virtual_s = SERVICE_EVENTS_PER_VIRTUAL_S * args.rate / 10
             total_virtual_s = targets[-1] / per_virtual_s
@@ -247,6 +306,13 @@ def main() -> None:
             clock_ms = end_ms - int(total_virtual_s * 1000)
             history_start_ms, loaded, first_step = clock_ms, 0, 0
         store = connect(server.url(database))
+        if args.retime:
+            if not progress:
+                raise SystemExit(f"{args.keep} holds no completed step to time again")
+            retime_last_step(store, server.url(database), progress, args.repeat)
+            rows = [tuple(row) for row in progress["rows"]]
+            server = kept.step_done(server, progress)
+            first_step = len(targets)
         for step, target in enumerate(targets):
             if step < first_step:
                 continue
@@ -266,18 +332,11 @@ def main() -> None:
             (service,) = store.query(f"SELECT count() FROM {store.table('service_events')}")[0]
             loaded = int(service)
             per_virtual_s = max(0.1, loaded / ((clock_ms - history_start_ms) / 1000))
-            asked = questions(store, clock_ms, history_start_ms, int(service))
-            panels = panel_questions(server.url(database), clock_ms)
-            names = names or list(asked)
-            panel_names = panel_names or list(panels)
-            times = {name: timed(call, args.repeat) * 1000 for name, call in asked.items()}
-            panel_times = {name: timed(call, args.repeat) * 1000 for name, call in panels.items()}
-            for board in dict.fromkeys(name.split(":")[0] for name in panel_times):
-                board_times = [t for name, t in panel_times.items() if name.split(":")[0] == board]
-                times[f"board {board}: every panel, one refresh"] = sum(board_times)
-            slowest = max(panel_times, key=panel_times.get)
-            times["slowest panel"] = panel_times[slowest]
-            rows.append((int(service), disk_mib(store), loading_s, times, panel_times))
+            times, panel_times, slowest = time_questions(store, server.url(database), clock_ms, history_start_ms,
+                                                         loaded, args.repeat)
+            names = names or questions_names(times)
+            panel_names = panel_names or list(panel_times)
+            rows.append((loaded, disk_mib(store), loading_s, times, panel_times))
             print(f"step {step + 1}: {int(service):,} service events, {disk_mib(store):,.0f} MiB, loaded in "
                   f"{loading_s:,.0f} s, merges settled {settled_s:,.0f} s later ({parts:,} active parts), "
                   f"quiet after {quiet_s:,.0f} s more, {open_rows:,} open_items rows; "
