@@ -89,8 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     db_commands.required = True
     db_commands.add_parser("migrate", help="create or upgrade the schema (safe to run twice)")
     db_commands.add_parser("retention", help="drop the months past OPSCENTRE_RETENTION_DAYS now (workers do it hourly)")
-    db_commands.add_parser("rekey", help="rebuild the tables of a database from before schema 9 under its sorting "
-                                         "keys (stop the workers first)")
+    db_commands.add_parser("rekey", help="rebuild the tables an older schema sorted by other keys under this "
+                                         "version's (stop the workers first)")
 
     kpi = commands.add_parser("kpi", help="KPIs of a province (or all) over a period [from, to)")
     kpi.add_argument("--province", required=True, help="province code (e.g. 01), or 'all'")
