@@ -29,6 +29,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import pickle
 import shutil
 import statistics
 import sys
@@ -48,7 +49,7 @@ from opscentre.kafka import ensure_topics  # noqa: E402
 from opscentre.local import scrape  # noqa: E402
 from opscentre.settings import Settings  # noqa: E402
 from producers.batching import BatchingProducer  # noqa: E402
-from producers.simulator import simulate  # noqa: E402
+from producers.simulator import Simulator, simulate  # noqa: E402
 from sinks.clickhouse_sink import ClickHouseSink  # noqa: E402
 from sinks.schema import migrate, rekey  # noqa: E402
 from tests.board_reader import BoardReader  # noqa: E402
@@ -58,18 +59,22 @@ UTC = dt.timezone.utc
 # Stored service events per virtual second at --rate 10, office hours included (the first 5 M of a
 # 50 M run: 4,163,234 in 1,449,275 s); corrected after each step from what was stored.
 SERVICE_EVENTS_PER_VIRTUAL_S = 2.87
+SEED = 100
 OLD_WAY_UP_TO = 12_000_000  # the lifecycle view groups every event: asked only while history is small
 
 
-def load_step(server: ClickHouseServer, database: str, start_ms: int, end_ms: int, rate: float, seed: int) -> int:
-    """The simulator's events of [start, end) through a worker into ClickHouse; returns events stored."""
+def load_step(server: ClickHouseServer, database: str, simulator: Simulator, end_ms: int, rate: float) -> int:
+    """The simulator's events from its clock to `end_ms` through a worker into ClickHouse; returns
+    the events sent. The simulator goes on from one step to the next with the dossiers it holds in
+    progress, so a step's last dossiers are completed in the next, as in one long history."""
     broker = EmbeddedBroker().start()
     pipeline = Pipeline(broker.bootstrap, server.url(database), Path(tempfile.mkdtemp()))
     try:
         ensure_topics(pipeline.settings)
         worker = pipeline.start_worker()  # reads while the simulator produces: two cores at work
         producer = BatchingProducer(pipeline.settings)
-        sent = simulate(producer, rate, (end_ms - start_ms) / 1000, seed, start_ms, paced=False)
+        sent = simulate(producer, rate, (end_ms - simulator.now_ms()) / 1000, simulator.seed, paced=False,
+                        simulator=simulator)
         producer.close()
         deadline = time.monotonic() + 3600
         while sent and time.monotonic() < deadline:
@@ -190,6 +195,11 @@ class Kept:
     def progress(self) -> dict | None:
         return json.loads(self.progress_file.read_text()) if self.progress_file.exists() else None
 
+    def simulator(self, steps_done: int) -> Simulator | None:
+        """The simulator as the last step completed left it (None: a run from before it was kept)."""
+        kept = self.dir / f"simulator-after-step-{steps_done}.pickle"
+        return pickle.loads(kept.read_bytes()) if kept.exists() else None
+
     def server(self) -> ClickHouseServer:
         server = ClickHouseServer()
         os.rmdir(server.dir)
@@ -202,8 +212,11 @@ class Kept:
         server.dir = str(live)
         return server.start()
 
-    def step_done(self, server: ClickHouseServer, progress: dict) -> ClickHouseServer:
+    def step_done(self, server: ClickHouseServer, progress: dict, simulator: Simulator | None) -> ClickHouseServer:
         server.stop(keep_data=True)
+        steps_done = progress["steps_done"]
+        if simulator is not None:
+            (self.dir / f"simulator-after-step-{steps_done}.pickle").write_bytes(pickle.dumps(simulator))
         done, previous = self.dir / "done", self.dir / "done.previous"
         shutil.copytree(self.dir / "live", previous if done.exists() else done, copy_function=os.link)
         if previous.exists():
@@ -211,6 +224,9 @@ class Kept:
             previous.rename(done)
         self.progress_file.with_suffix(".tmp").write_text(json.dumps(progress))
         self.progress_file.with_suffix(".tmp").rename(self.progress_file)
+        for older in self.dir.glob("simulator-after-step-*.pickle"):
+            if older.name != f"simulator-after-step-{steps_done}.pickle":
+                older.unlink()
         return server.start()
 
 
@@ -308,7 +324,11 @@ def main() -> None:
             per_virtual_s, end_ms, clock_ms = progress["per_virtual_s"], progress["end_ms"], progress["clock_ms"]
             history_start_ms, loaded, first_step = progress["history_start_ms"], progress["loaded"], progress["steps_done"]
             rows, names, panel_names = [tuple(row) for row in progress["rows"]], progress["names"], progress["panel_names"]
+            simulator = kept.simulator(first_step)
             if not args.retime:
+                if simulator is None:
+                    raise SystemExit(f"{args.keep} holds a run from before the simulator was kept between steps; "
+                                     "time it with --retime, or start a new one in another DIR")
                 print(f"going on from step {first_step + 1} ({loaded:,} service events stored)", flush=True)
         else:
             per_virtual_s = SERVICE_EVENTS_PER_VIRTUAL_S * args.rate / 10
@@ -316,13 +336,14 @@ def main() -> None:
             end_ms = int((time.time() - 3600) * 1000)
             clock_ms = end_ms - int(total_virtual_s * 1000)
             history_start_ms, loaded, first_step = clock_ms, 0, 0
+            simulator = Simulator(SEED, args.rate, clock_ms)
         store = connect(server.url(database))
         if args.retime:
             if not progress:
                 raise SystemExit(f"{args.keep} holds no completed step to time again")
             retime_last_step(store, server.url(database), progress, args.repeat)
             rows, names = [tuple(row) for row in progress["rows"]], progress["names"]
-            server = kept.step_done(server, progress)
+            server = kept.step_done(server, progress, simulator)
             first_step = len(targets)
         for step, target in enumerate(targets):
             if step < first_step:
@@ -334,7 +355,7 @@ def main() -> None:
                 print(f"step {step + 1}: no virtual time left (the first steps held more events than estimated)")
                 break
             started = time.monotonic()
-            load_step(server, database, clock_ms, clock_ms + int(step_s * 1000), args.rate, seed=100 + step)
+            load_step(server, database, simulator, clock_ms + int(step_s * 1000), args.rate)
             loading_s = time.monotonic() - started
             clock_ms += int(step_s * 1000)
             open_rows = purge_closed_items(store)
@@ -357,7 +378,7 @@ def main() -> None:
                 server = kept.step_done(server, {
                     "targets": targets, "per_virtual_s": per_virtual_s, "end_ms": end_ms, "clock_ms": clock_ms,
                     "history_start_ms": history_start_ms, "loaded": loaded, "steps_done": step + 1, "rows": rows,
-                    "names": names, "panel_names": panel_names})
+                    "names": names, "panel_names": panel_names}, simulator)
                 store = connect(server.url(database))
     finally:
         server.stop(keep_data=bool(kept))

@@ -370,11 +370,15 @@ class Simulator:
 
 
 def simulate(producer, rate: float, duration_s: float | None, seed: int, start_ms: int | None = None,
-             paced: bool = True, progress=None, steady: bool = False) -> int:
-    """Send `duration_s` seconds of traffic (None: until interrupted) peaking at `rate` events/s; returns the count."""
-    start_ms = int(time.time() * 1000) if start_ms is None else start_ms
+             paced: bool = True, progress=None, steady: bool = False, simulator: Simulator | None = None) -> int:
+    """Send `duration_s` seconds of traffic (None: until interrupted) peaking at `rate` events/s; returns the count.
+    Given a `simulator`, its traffic goes on from its clock, with the dossiers it holds in progress
+    (a history sent in several runs); `seed`, `start_ms` and `steady` are then its own."""
+    if simulator is None:
+        start_ms = int(time.time() * 1000) if start_ms is None else start_ms
+        simulator = Simulator(seed, rate, start_ms, steady=steady)
+    start_ms = simulator.now_ms()
     end_ms = None if duration_s is None else start_ms + duration_s * 1000
-    simulator = Simulator(seed, rate, start_ms, steady=steady)
     wall_start = time.monotonic()
     sent = 0
     chunk = max(1, int(rate / 20))

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
+import pickle
 
 from producers.office_hours import HOUR_MS, MINUTE_MS, OfficeHours
-from producers.simulator import AGENCIES, Simulator
+from producers.simulator import AGENCIES, Simulator, simulate
 from tests.workload import _ms
 
 VN = dt.timezone(dt.timedelta(hours=7))
@@ -17,6 +18,34 @@ COUNTER_ONLY = {"dossier.completed", "dossier.cancelled", "feedback.resolved", "
 def events(seed=7, rate=100.0, start_ms=MONDAY_9, count=2000, steady=False):
     simulator = Simulator(seed, rate, start_ms, steady=steady)
     return [simulator.next_event() for _ in range(count)], simulator
+
+
+class Collected:
+    def __init__(self):
+        self.events = []
+
+    def send(self, event):
+        self.events.append(event)
+
+    def poll(self):
+        pass
+
+    def flush(self):
+        pass
+
+
+def test_a_history_sent_in_runs_is_the_history_sent_at_once():
+    """bench/read_scale sends a long history in steps, keeping the simulator (pickled) between
+    them: the dossiers one step leaves in progress are completed in the next, as at once."""
+    at_once = Collected()
+    simulate(at_once, 10.0, 3 * 1200, 7, MONDAY_9, paced=False)
+    in_runs, simulator = Collected(), Simulator(7, 10.0, MONDAY_9)
+    for _ in range(3):
+        simulate(in_runs, 10.0, 1200, 7, paced=False, simulator=simulator)
+        simulator = pickle.loads(pickle.dumps(simulator))
+    assert in_runs.events == at_once.events
+    received = {e["dossier_id"] for e in at_once.events if e["event_type"] == "dossier.received"}
+    assert any(e["event_type"] == "dossier.completed" and e["dossier_id"] in received for e in at_once.events)
 
 
 def local(event) -> dt.datetime:
