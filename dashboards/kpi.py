@@ -22,6 +22,7 @@ from sinks.clickhouse_sink import (
     SERVICE_MINUTE,
     RAW_KEYS,
     grain_table,
+    raw_rows_between,
 )
 
 # Each service counter over raw service_events rows (the partial minutes at a period's ends).
@@ -130,14 +131,6 @@ def _province_filter(province: str | None) -> str:
     return "" if province is None else f" AND province = {quote(province)}"
 
 
-def _raw_range(table: str, a_ms: int, b_ms: int) -> str:
-    return (
-        f"{RAW_KEYS[table].between(a_ms, b_ms - 1)} "
-        f"AND occurred_at >= toDateTime({a_ms // 1000}) AND occurred_at <= toDateTime({b_ms // 1000}) "
-        f"AND occurred_ms >= {a_ms} AND occurred_ms < {b_ms}"
-    )
-
-
 def _add(totals: dict, group, keys, values) -> None:
     row = totals.setdefault(group, {})
     for key, value in zip(keys, values):
@@ -165,11 +158,11 @@ def counters(store: Store, period: Period, province: str | None, by_agency: bool
             queries.append((" UNION ALL ".join(parts), keys))
     for a_ms, b_ms in period.edges:
         queries.append((f"SELECT {group}, {', '.join(RAW_SERVICE.values())} FROM {store.table('service_events')} FINAL "
-                        f"WHERE {_raw_range('service_events', a_ms, b_ms)}{where_province} GROUP BY {group}",
+                        f"WHERE {raw_rows_between('service_events', a_ms, b_ms)}{where_province} GROUP BY {group}",
                         SERVICE_COUNTERS))
         if not by_agency:
             queries.append((f"SELECT {group}, {', '.join(RAW_SECURITY)} FROM {store.table('security_events')} FINAL "
-                            f"WHERE {_raw_range('security_events', a_ms, b_ms)}{where_province} GROUP BY {group}",
+                            f"WHERE {raw_rows_between('security_events', a_ms, b_ms)}{where_province} GROUP BY {group}",
                             SECURITY_KEYS))
     for sql, keys in queries:
         for row in store.query(sql):

@@ -160,6 +160,20 @@ RAW_KEYS = {  # the hour leading each raw table's sorting key, of instants in ms
 }
 
 
+def raw_rows_between(table: str, low, high, unit: str = "ms") -> str:
+    """The rows of a raw table (service_events, security_events) that occurred in [low, high):
+    epoch ms, or whole seconds with unit="s" (Grafana's range), as ints or SQL. By the hour leading
+    the key, then by the second that follows province in it, then (ms) to the millisecond."""
+    if unit == "s":
+        return (f"{RAW_KEYS[table].between(f'{low} * 1000', f'({high} - 1) * 1000')} "
+                f"AND occurred_at >= toDateTime({low}) AND occurred_at < toDateTime({high})")
+    last = high - 1 if isinstance(high, int) else f"{high} - 1"
+    second = (lambda ms: ms // 1000) if isinstance(low, int) and isinstance(high, int) else \
+        (lambda ms: f"intDiv({ms}, 1000)")
+    return (f"{RAW_KEYS[table].between(low, last)} AND occurred_at >= toDateTime({second(low)}) "
+            f"AND occurred_at <= toDateTime({second(last)}) AND occurred_ms >= {low} AND occurred_ms < {high}")
+
+
 def grain_table(table: AggregateTable, grain: Grain) -> str:
     """service_minute -> service_hour, ..."""
     return table.name.rsplit("_", 1)[0] + "_" + grain.name

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from opscentre.measures import SERVICE_COUNTERS
 from sinks.clickhouse_sink import GRAINS as SINK_GRAINS
-from sinks.clickhouse_sink import RAW_KEYS
+from sinks.clickhouse_sink import RAW_KEYS, raw_rows_between
 
 from ..kpi import BUCKET_SECURITY, RAW_SECURITY, RAW_SERVICE, SECURITY_KEYS
 
@@ -95,9 +95,9 @@ def raw_range(start: str, end: str, table: str, column: str = "occurred_at") -> 
             f"AND NOT ({whole})")
 
 
-def raw_between(start: str, end: str, table: str, column: str = "occurred_at") -> str:
+def raw_between(start: str, end: str, table: str) -> str:
     """The raw rows of [start, end) (whole seconds)."""
-    return f"{RAW_KEYS[table].between(f'{start} * 1000', f'({end} - 1) * 1000')} AND {_between(column, start, end)}"
+    return raw_rows_between(table, start, end, unit="s")
 
 
 @dataclass(frozen=True)
