@@ -2,8 +2,9 @@
 
 History is the simulator's traffic (`--rate 10`, no pacing: a virtual month is ~7 million events),
 loaded through the real `opscentre worker` into one ClickHouse 18.16 server, in steps, ending an
-hour before now. Each step runs on a fresh Tansu broker (its memory holds only the step) and
-continues the virtual clock where the last one stopped. After each step every question is asked
+hour before now. Each step runs on a fresh Tansu broker (its memory holds only the step); one
+simulator, in its `history` mode (every dossier and feedback received is closed in time, but the
+few never processed), goes on from step to step with the items it holds in progress. After each step every question is asked
 --repeat times (the median is printed), through the same functions the CLI uses, once
 ClickHouse has no merge left running (at most --settle-limit seconds).
 
@@ -336,7 +337,7 @@ def main() -> None:
             end_ms = int((time.time() - 3600) * 1000)
             clock_ms = end_ms - int(total_virtual_s * 1000)
             history_start_ms, loaded, first_step = clock_ms, 0, 0
-            simulator = Simulator(SEED, args.rate, clock_ms)
+            simulator = Simulator(SEED, args.rate, clock_ms, history=True)
         store = connect(server.url(database))
         if args.retime:
             if not progress:

@@ -23,7 +23,11 @@ The shapes are plausible rather than official:
 
 Completions are kept in memory for dossiers finishing within a working day
 of their receipt; longer procedures are completed only as backlog, so in runs longer
-than their limits their dossiers show as overdue.
+than their limits their dossiers show as overdue. With `history`, every dossier
+received is completed when its processing ends and every feedback received is
+resolved (a long history, as bench/read_scale.py loads: the items in progress,
+weeks of them, are held in memory), so the items open are those in progress and
+the few never processed, not every long procedure ever filed.
 """
 
 from __future__ import annotations
@@ -112,7 +116,8 @@ def rfc3339(ms: int) -> str:
 
 
 class Simulator:
-    def __init__(self, seed: int, rate: float, start_ms: int, provinces=None, steady: bool = False):
+    def __init__(self, seed: int, rate: float, start_ms: int, provinces=None, steady: bool = False,
+                 history: bool = False):
         self.rng = random.Random(seed)
         self.seed = seed
         self.rate = rate
@@ -129,6 +134,9 @@ class Simulator:
         # Dossiers received during the run, by completion time:
         # (done_ms, sequence at receipt, province, agency, procedure, due_ms)
         self.pending: list = []
+        self.history = history
+        # With `history`, feedback received, by resolution time: (done_ms, sequence at receipt, province, agency, due_ms)
+        self.feedback_pending: list = []
         self.behind: dict[tuple[str, str], tuple[int, int]] = {}  # desk -> (start, end) of its slow spell
         self.burst = None  # (end_ms, province, asset, technique, category, sensor, attackers)
         self.next_burst_ms = start_ms + int(self.rng.expovariate(1 / (3 * MINUTE_MS)))
@@ -187,6 +195,8 @@ class Simulator:
                 return self._burst_alert(now)
         if self.pending and self.pending[0][0] <= now:
             return self._finish_pending(now)
+        if self.feedback_pending and self.feedback_pending[0][0] <= now:
+            return self._resolve_pending_feedback(now)
         what = TRAFFIC[bisect_right(cumulative, rng.random() * cumulative[-1])][0]
         province = rng.choices(self.provinces, self.province_weights)[0]
         agency = rng.choices(self.agencies, self.agency_weights)[0]
@@ -219,7 +229,7 @@ class Simulator:
         )
         if rng.random() >= NEVER_PROCESSED:
             done = self._desk_takes(now, province, agency, limit_minutes * MINUTE_MS)
-            if done <= self.hours.add(now, TRACKED_FOR_MS):
+            if self.history or done <= self.hours.add(now, TRACKED_FOR_MS):
                 heapq.heappush(self.pending, (done, self.sequence, province, agency, procedure, due))
         return event
 
@@ -295,12 +305,23 @@ class Simulator:
     def _feedback_received(self, now, province, agency) -> dict:
         rng = self.rng
         event = self._envelope("feedback.received", now, province, agency, "1022-" + province)
-        due = self.hours.add(now, rng.randint(5, 15) * WORKING_DAY_MS)
+        limit_days = rng.randint(5, 15)
+        due = self.hours.add(now, limit_days * WORKING_DAY_MS)
         event.update(
             feedback_id=self._id("PAKN"),
             channel=rng.choices(("hotline_1022", "portal", "app", "field_report"), (0.45, 0.25, 0.22, 0.08))[0],
             due_at=rfc3339(due),
         )
+        if self.history:  # 0.6 of the limit at the median, spread as a desk's: about one in eight late
+            took = int(limit_days * WORKING_DAY_MS * 0.6 * math.exp(0.45 * rng.gauss(0.0, 1.0)))
+            heapq.heappush(self.feedback_pending, (self.hours.add(now, took), self.sequence, province, agency, due))
+        return event
+
+    def _resolve_pending_feedback(self, now) -> dict:
+        _, received_at, province, agency, due = heapq.heappop(self.feedback_pending)
+        event = self._envelope("feedback.resolved", now, province, agency, "1022-" + province)
+        event.update(feedback_id=self._id("PAKN", received_at), due_at=rfc3339(due),
+                     satisfied=self.rng.random() < (0.85 if now <= due else 0.6))
         return event
 
     def _feedback_resolved(self, now, province, agency) -> dict:

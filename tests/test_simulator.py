@@ -48,6 +48,31 @@ def test_a_history_sent_in_runs_is_the_history_sent_at_once():
     assert any(e["event_type"] == "dossier.completed" and e["dossier_id"] in received for e in at_once.events)
 
 
+def test_a_history_closes_what_it_receives():
+    """With `history` every dossier received is completed or cancelled (but the few never
+    processed) and every feedback resolved, however long its procedure: months of simulated
+    history hold the items in progress open, not every long procedure ever filed."""
+    simulator = Simulator(7, 0.05, MONDAY_9, history=True)
+    first_day = MONDAY_9 + 86_400_000
+    opened = {"dossier": set(), "feedback": set()}
+    closed = {"dossier": set(), "feedback": set()}
+    while simulator.now_ms() < MONDAY_9 + 75 * 86_400_000:
+        event = simulator.next_event()
+        kind, item = ("dossier", event.get("dossier_id")) if "dossier_id" in event else ("feedback", event.get("feedback_id"))
+        if event["event_type"] in ("dossier.received", "feedback.received"):
+            if _ms(event["occurred_at"]) < first_day:
+                opened[kind].add(item)
+        elif event["event_type"] in ("dossier.completed", "dossier.cancelled", "feedback.resolved"):
+            closed[kind].add(item)
+    assert len(opened["dossier"]) > 500 and len(opened["feedback"]) > 50
+    assert len(opened["dossier"] - closed["dossier"]) <= 0.05 * len(opened["dossier"])  # 3% never processed
+    assert not opened["feedback"] - closed["feedback"]
+    without = Simulator(7, 0.05, MONDAY_9)  # a live run keeps a working day of completions only
+    events = [without.next_event() for _ in range(20_000)]
+    received = {e["feedback_id"] for e in events if e["event_type"] == "feedback.received"}
+    assert not received & {e["feedback_id"] for e in events if e["event_type"] == "feedback.resolved"}
+
+
 def local(event) -> dt.datetime:
     return dt.datetime.fromtimestamp(_ms(event["occurred_at"]) / 1000, VN)
 
