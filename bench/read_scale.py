@@ -4,9 +4,9 @@ History is the simulator's traffic (`--rate 10`, no pacing: a virtual month is ~
 loaded through the real `opscentre worker` into one ClickHouse 18.16 server, in steps, ending an
 hour before now. Each step runs on a fresh Tansu broker (its memory holds only the step); one
 simulator, in its `history` mode (every dossier and feedback received is closed in time, but the
-few never processed), goes on from step to step with the items it holds in progress. After each step every question is asked
---repeat times (the median is printed), through the same functions the CLI uses, once
-ClickHouse has no merge left running (at most --settle-limit seconds).
+few never processed), goes on from step to step with the items it holds in progress. After each
+step every question is asked --repeat times (the median is printed), through the same functions
+the CLI uses, once ClickHouse has no merge left running (at most --settle-limit seconds).
 
     python bench/read_scale.py [--steps 5,10,20,35,50] [--repeat 3] [--rate 10]   # millions of events
     python bench/read_scale.py --keep DIR ...   # resumable: run again with the same DIR to go on
