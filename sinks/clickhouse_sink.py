@@ -445,12 +445,16 @@ class ClickHouseSink:
 
     def purge_open_items(self, topic_id: str, partition: int, before_offset: int, before_record_ms: int) -> None:
         """Forget the items closed before `before_offset` by a closing recorded before `before_record_ms`:
-        no take-over will need them (a mutation: ClickHouse runs it in the background)."""
+        no take-over will need them (a mutation: ClickHouse runs it in the background). Their rows
+        stored under another topic id go too: a topic created again (or a new Kafka cluster) gets a
+        new id, and a receipt left under the old one would list its item as open once the closing is
+        gone. The topic's other partitions keep theirs: their workers purge them."""
         source = f"topic_id = {quote(topic_id)} AND source_partition = {int(partition)}"
         for node in self.store.nodes():  # a mutation runs on the table holding the rows
             table = node.local("open_items")
             node.execute(
-                f"ALTER TABLE {table} DELETE WHERE {source} AND source_offset < {int(before_offset)} AND (kind, item_id) IN "
+                f"ALTER TABLE {table} DELETE WHERE ({source} AND source_offset < {int(before_offset)} "
+                f"OR topic_id != {quote(topic_id)}) AND (kind, item_id) IN "
                 f"(SELECT kind, item_id FROM {table} WHERE {source} AND closed AND source_offset < {int(before_offset)} "
                 f"AND record_ms < {int(before_record_ms)})")
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -19,12 +20,12 @@ HOUR = 3_600_000
 T0 = 1_790_000_000_000
 
 
-def service_row(event_id, event_type, item_id, occurred_ms, due_ms=0, partition=0):
+def service_row(event_id, event_type, item_id, occurred_ms, due_ms=0, partition=0, topic_id="topic-a"):
     row = dict.fromkeys(SERVICE_RAW_COLUMNS, "")
     row.update(
         event_id=event_id, event_type=event_type, item_id=item_id, occurred_ms=occurred_ms, due_ms=due_ms,
         province="01", agency="SO-TNMT", procedure_code="1.001" if event_type.startswith("dossier") else "",
-        on_time=0, digitized=None, amount_vnd=0, satisfied=None, topic_id="topic-a", source_partition=partition,
+        on_time=0, digitized=None, amount_vnd=0, satisfied=None, topic_id=topic_id, source_partition=partition,
         source_offset=int(event_id[1:]), item_index=0, record_ms=occurred_ms,
     )
     return tuple(row[name] for name in SERVICE_RAW_COLUMNS)
@@ -102,6 +103,32 @@ def open_items_are_receipts_due_in_the_range_not_closed_in_time_nor_alerted(stor
     assert open_items(sink, None, T0 + 6 * HOUR) == [EXPECTED_0_TO_6H[0], EXPECTED_0_TO_6H[2]]
 
 
+def a_purge_forgets_items_closed_long_ago_under_every_topic_id(store):
+    """The hourly purge: items closed before the offset stored, by a closing older than the horizon,
+    leave open_items, with their receipts stored under the id of a topic since created again."""
+    migrate(store)
+    sink = ClickHouseSink(store)
+    sink.write_rows(WriteBatch(service_raw=[
+        service_row("e1", "dossier.received", "HS-1", T0, T0 + HOUR, topic_id="topic-old"),  # closed in topic-a
+        service_row("e2", "dossier.received", "HS-2", T0, T0 + HOUR, topic_id="topic-old"),  # open
+        service_row("e3", "dossier.completed", "HS-1", T0 + HOUR, T0 + HOUR),
+        service_row("e4", "dossier.received", "HS-5", T0, T0 + HOUR),
+        service_row("e5", "dossier.completed", "HS-5", T0 + HOUR, T0 + HOUR),
+        service_row("e6", "dossier.received", "HS-6", T0, T0 + HOUR),  # open
+        service_row("e7", "dossier.received", "HS-7", T0, T0 + HOUR, partition=1),  # another worker's
+        service_row("e100", "dossier.completed", "HS-8", T0 + HOUR, T0 + HOUR),  # past the offset stored
+        service_row("e9", "dossier.completed", "HS-9", T0 + 3 * HOUR, T0 + HOUR),  # within the horizon
+    ]))
+    sink.purge_open_items("topic-a", 0, 50, T0 + 2 * HOUR)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and int(store.query(
+            f"SELECT count() FROM system.mutations WHERE database = '{store.database}' AND NOT is_done")[0][0]):
+        time.sleep(0.2)
+    assert sorted(store.query(f"SELECT topic_id, source_partition, item_id FROM {store.table('open_items')}")) == [
+        ("topic-a", 0, "HS-6"), ("topic-a", 0, "HS-8"), ("topic-a", 0, "HS-9"), ("topic-a", 1, "HS-7"),
+        ("topic-old", 0, "HS-2")]
+
+
 def a_database_from_before_the_item_views_is_backfilled_once(store):
     migrate(store)
     for view, (target, _) in ITEM_VIEWS.items():
@@ -173,6 +200,7 @@ def a_closing_is_filed_under_its_items_agency_once_the_view_is_replaced(store):
 
 
 CHECKS = [open_items_are_receipts_due_in_the_range_not_closed_in_time_nor_alerted,
+          a_purge_forgets_items_closed_long_ago_under_every_topic_id,
           a_closing_is_filed_under_its_items_agency_once_the_view_is_replaced,
           a_database_from_before_the_item_views_is_backfilled_once,
           accepted_ids_stored_before_the_seen_views_are_kept_and_new_ones_copied]
