@@ -274,8 +274,12 @@ def time_questions(store, url: str, clock_ms: int, history_start_ms: int, stored
     return times, panel_times, slowest
 
 
-def questions_names(times: dict) -> list[str]:
-    return [name for name in times if not name.startswith("board ") and name != "slowest panel"]
+def with_new_questions(names: list | None, times: dict) -> list[str]:
+    """The table's question rows so far and, after them, those first asked in `times` (a month's
+    last minute is asked once the history holds a whole month); board totals are rows of their own."""
+    names = list(names or [])
+    return names + [name for name in times if name not in names and not name.startswith("board ")
+                    and name != "slowest panel"]
 
 
 def retime_last_step(store, url: str, progress: dict, repeat: int) -> None:
@@ -288,9 +292,10 @@ def retime_last_step(store, url: str, progress: dict, repeat: int) -> None:
     loaded, _, loading_s, *_ = progress["rows"][-1]
     times, panel_times, slowest = time_questions(store, url, progress["clock_ms"], progress["history_start_ms"],
                                                  loaded, repeat)
-    progress["rows"][-1] = (loaded, disk_mib(store), loading_s, times, panel_times)
-    progress["names"] += [name for name in questions_names(times) if name not in progress["names"]]
-    print(f"step {progress['steps_done']} timed again: {loaded:,} service events, {disk_mib(store):,.0f} MiB; "
+    disk = disk_mib(store)
+    progress["rows"][-1] = (loaded, disk, loading_s, times, panel_times)
+    progress["names"] = with_new_questions(progress["names"], times)
+    print(f"step {progress['steps_done']} timed again: {loaded:,} service events, {disk:,.0f} MiB; "
           + ", ".join(f"{k} {v:.0f} ms" for k, v in times.items()) + f" (slowest: {slowest})", flush=True)
 
 
@@ -367,10 +372,11 @@ def main() -> None:
             per_virtual_s = max(0.1, loaded / ((clock_ms - history_start_ms) / 1000))
             times, panel_times, slowest = time_questions(store, server.url(database), clock_ms, history_start_ms,
                                                          loaded, args.repeat)
-            names = (names or []) + [name for name in questions_names(times) if name not in (names or [])]
+            names = with_new_questions(names, times)
             panel_names = panel_names or list(panel_times)
-            rows.append((loaded, disk_mib(store), loading_s, times, panel_times))
-            print(f"step {step + 1}: {int(service):,} service events, {disk_mib(store):,.0f} MiB, loaded in "
+            disk = disk_mib(store)
+            rows.append((loaded, disk, loading_s, times, panel_times))
+            print(f"step {step + 1}: {loaded:,} service events, {disk:,.0f} MiB, loaded in "
                   f"{loading_s:,.0f} s, merges settled {settled_s:,.0f} s later ({parts:,} active parts), "
                   f"quiet after {quiet_s:,.0f} s more, {open_rows:,} open_items rows; "
                   + ", ".join(f"{k} {v:.0f} ms" for k, v in times.items())
