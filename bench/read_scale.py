@@ -51,7 +51,7 @@ from opscentre.local import scrape  # noqa: E402
 from opscentre.settings import Settings  # noqa: E402
 from producers.batching import BatchingProducer  # noqa: E402
 from producers.simulator import Simulator, simulate  # noqa: E402
-from sinks.clickhouse_sink import ClickHouseSink  # noqa: E402
+from sinks.clickhouse_sink import ClickHouseSink, OpenItemsPurge  # noqa: E402
 from sinks.schema import migrate, rekey  # noqa: E402
 from tests.board_reader import BoardReader  # noqa: E402
 from tests.harness import ClickHouseServer, Pipeline  # noqa: E402
@@ -156,11 +156,19 @@ def purge_closed_items(store) -> int:
     its horizon: the items still open. The step's workers live less than an hour, so theirs never
     ran, and a history loaded at its own pace keeps only the last hour's closings. Returns the rows left."""
     sink = ClickHouseSink(store)
-    for topic_id, partition in store.query(f"SELECT DISTINCT topic_id, source_partition FROM {store.table('open_items')}"):
-        sink.purge_open_items(topic_id, int(partition), 2**62, int(time.time() * 1000))
-    while int(store.query(f"SELECT count() FROM system.mutations WHERE database = '{store.database}' "
-                          "AND table = 'open_items' AND NOT is_done")[0][0]):
-        time.sleep(2)
+
+    def wait_for_mutations():
+        while int(store.query(f"SELECT count() FROM system.mutations WHERE database = '{store.database}' "
+                              "AND table = 'open_items' AND NOT is_done")[0][0]):
+            time.sleep(2)
+
+    staged = None
+    while staged is None:  # a purge still running (a worker's) is waited for
+        wait_for_mutations()
+        staged = sink.purge_open_items([
+            OpenItemsPurge(topic_id, int(partition), 2**62, int(time.time() * 1000)) for topic_id, partition
+            in store.query(f"SELECT DISTINCT topic_id, source_partition FROM {store.table('open_items')}")])
+    wait_for_mutations()
     return int(store.query(f"SELECT count() FROM {store.table('open_items')}")[0][0])
 
 

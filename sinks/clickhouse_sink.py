@@ -331,6 +331,19 @@ def record_write(stats) -> int:
     return written
 
 
+# What identifies an open_items row: the event it was stored from (a repeat has the same, and goes too).
+PURGED_ROW_KEY = "topic_id, source_partition, source_offset, item_index"
+
+
+@dataclass(frozen=True)
+class OpenItemsPurge:
+    """One partition's purge (ClickHouseSink.purge_open_items)."""
+    topic_id: str
+    partition: int
+    before_offset: int
+    before_record_ms: int
+
+
 @dataclass
 class PartitionSnapshot:
     rows: dict  # key (window_s, *dims) -> (counters list, version)
@@ -443,20 +456,54 @@ class ClickHouseSink:
                  for k, i, r, d, p, a, c, al in open_items],
                 [(k, i, int(c), int(ms), bool(received)) for k, i, c, ms, received in closings])
 
-    def purge_open_items(self, topic_id: str, partition: int, before_offset: int, before_record_ms: int) -> None:
-        """Forget the items closed before `before_offset` by a closing recorded before `before_record_ms`:
-        no take-over will need them (a mutation: ClickHouse runs it in the background). Their rows
-        stored under another topic id go too: a topic created again (or a new Kafka cluster) gets a
-        new id, and a receipt left under the old one would list its item as open once the closing is
-        gone. The topic's other partitions keep theirs: their workers purge them."""
-        source = f"topic_id = {quote(topic_id)} AND source_partition = {int(partition)}"
+    def purge_open_items(self, purges: list[OpenItemsPurge]) -> int | None:
+        """Forget the items each purge names: closed before its `before_offset` by a closing recorded
+        before its `before_record_ms`. No take-over will need them. Their rows stored under another
+        topic id go too: a topic created again (or a new Kafka cluster) gets a new id, and a receipt
+        left under the old one would list its item as open once the closing is gone. The topic's
+        other partitions keep theirs: their workers purge them.
+
+        The rows to delete are staged in open_items_purges first, then deleted by one mutation (which
+        ClickHouse runs in the background) naming them exactly. ClickHouse 18.16 applies the pending
+        mutations of a part in one pass, and there gives every `IN (subquery)` but one the wrong set:
+        of eight purges sent at once, those of two partitions out of four deleted nothing (bench/README).
+        A mutation that reads the table it mutates also sees the parts it already changed. So one round
+        is one mutation, none is sent while another is still running, and its set never changes.
+        Returns the rows staged, or None when an earlier purge still runs (the next round retries)."""
+        staged = 0
+        purge_id = time.time_ns()
         for node in self.store.nodes():  # a mutation runs on the table holding the rows
-            table = node.local("open_items")
-            node.execute(
-                f"ALTER TABLE {table} DELETE WHERE ({source} AND source_offset < {int(before_offset)} "
-                f"OR topic_id != {quote(topic_id)}) AND (kind, item_id) IN "
-                f"(SELECT kind, item_id FROM {table} WHERE {source} AND closed AND source_offset < {int(before_offset)} "
-                f"AND record_ms < {int(before_record_ms)})")
+            running = node.query(
+                f"SELECT mutation_id FROM system.mutations WHERE database = {quote(node.database)} "
+                f"AND table = {quote(node.local('open_items').rsplit('.', 1)[1])} AND NOT is_done")
+            if running:
+                return None
+            self._drop_staged_before_today(node)
+            items, stage = node.local("open_items"), node.local("open_items_purges")
+            for purge in purges:
+                source = f"topic_id = {quote(purge.topic_id)} AND source_partition = {int(purge.partition)}"
+                node.execute(
+                    f"INSERT INTO {stage} (purge_id, {PURGED_ROW_KEY}) SELECT {purge_id}, {PURGED_ROW_KEY} FROM {items} "
+                    f"WHERE ({source} AND source_offset < {int(purge.before_offset)} OR topic_id != {quote(purge.topic_id)}) "
+                    f"AND (kind, item_id) IN (SELECT kind, item_id FROM {items} WHERE {source} AND closed "
+                    f"AND source_offset < {int(purge.before_offset)} AND record_ms < {int(purge.before_record_ms)})")
+            (rows,) = node.query(f"SELECT count() FROM {stage} WHERE purge_id = {purge_id}")[0]
+            if int(rows):
+                node.execute(f"ALTER TABLE {items} DELETE WHERE ({PURGED_ROW_KEY}) IN "
+                             f"(SELECT {PURGED_ROW_KEY} FROM {stage} WHERE purge_id = {purge_id})")
+            staged += int(rows)
+        return staged
+
+    @staticmethod
+    def _drop_staged_before_today(node: Store) -> None:
+        """The staged rows of earlier days: their mutations are done (none is running)."""
+        today = int(datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d"))
+        for (partition,) in node.query(
+                f"SELECT DISTINCT partition FROM system.parts WHERE database = {quote(node.database)} "
+                f"AND table = {quote(node.local('open_items_purges').rsplit('.', 1)[1])} AND active"):
+            value = str(partition).strip("'")
+            if value.isdigit() and int(value) < today:
+                node.execute(f"ALTER TABLE {node.local('open_items_purges')} DROP PARTITION {value}")
 
     def recompute_rollups(self, table: AggregateTable, touched: set) -> list:
         """Recompute the hour, day and month rows over the (topic id, partition, minute) given, each

@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 # Partitions of the rollup tables: a month of hours, a year of days, all months in one.
 _ROLLUP_PARTITIONS = {"hour": "toYYYYMM(window_start)", "day": "toYear(window_start)", "month": "tuple()"}
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 ITEM_VIEWS_SINCE = 3  # the version that added them; databases older than it are backfilled
 REDACTED_SINCE = 5  # rejected_events keeps no personal identifier from this version on
 ROLLUPS_SINCE = 6  # hour, day and month rows; databases older than it are filled from their minute rows
@@ -45,6 +45,7 @@ LIFECYCLE_SINCE = 7  # lifecycle edges and counts; older databases are filled on
 ITEM_HISTORY_SINCE = 8  # item_events, one item's events by id; older databases are filled once
 SORTING_KEYS_SINCE = 9  # sorting keys for the read side (REKEYED, below); older tables keep theirs
 ATTRIBUTED_CLOSINGS_SINCE = 10  # open_items files a closing under its item's agency (OPEN_ITEMS_VIEW)
+PURGE_STAGING_SINCE = 11  # open_items_purges: the rows a purge deletes, staged (ClickHouseSink.purge_open_items)
 
 # What the overdue tracker loads (streams.overdue): receipts by due time and closings by item, kept
 # by materialized views from service_events, so that loading the items due in the next hour, or a
@@ -394,6 +395,18 @@ ORDER BY (toStartOfHour(window_start), province, agency, procedure_code, window_
 ) ENGINE = MergeTree
 PARTITION BY source_partition
 ORDER BY (kind, closed, province, agency, item_id, source_offset)""",
+        # The open_items rows each purge deletes, read by its mutation until it is done; a day's
+        # partition is dropped the next day, when no purge is running.
+        f"""CREATE TABLE IF NOT EXISTS {db}.open_items_purges (
+    purge_id UInt64,
+    topic_id {lc},
+    source_partition UInt16,
+    source_offset UInt64,
+    item_index Int32,
+    staged_at DateTime('UTC') DEFAULT now()
+) ENGINE = MergeTree
+PARTITION BY toYYYYMMDD(staged_at)
+ORDER BY (purge_id, topic_id, source_partition, source_offset, item_index)""",
         f"""CREATE TABLE IF NOT EXISTS {db}.item_events (
     item_id String,
     event_type {lc},
@@ -520,7 +533,7 @@ def migrate(store: Store) -> int:
     # LIFECYCLE_SINCE is recorded by streams.lifecycle.fill(), which computes the transitions of the
     # events a database already holds with the stream's rules; a database without events has none.
     wanted = {ITEM_VIEWS_SINCE, REDACTED_SINCE, ROLLUPS_SINCE, ITEM_HISTORY_SINCE, SORTING_KEYS_SINCE,
-              ATTRIBUTED_CLOSINGS_SINCE} - {LIFECYCLE_SINCE}
+              ATTRIBUTED_CLOSINGS_SINCE, PURGE_STAGING_SINCE} - {LIFECYCLE_SINCE}
     stale = tables_to_rekey(store)  # alerts were re-sorted after SORTING_KEYS_SINCE was recorded
     if stale:
         wanted.discard(SORTING_KEYS_SINCE)

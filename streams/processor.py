@@ -52,6 +52,7 @@ from sinks.clickhouse_sink import (
     SERVICE_RAW_COLUMNS,
     SERVICE_MINUTE,
     ClickHouseSink,
+    OpenItemsPurge,
     WriteBatch,
     at_grain,
 )
@@ -1174,14 +1175,19 @@ class Processor:
     def _purge_open_items(self) -> None:
         """Items closed before what is stored, by closings older than the horizon, leave open_items:
         a take-over rebuilds its open items from what is left (the backlog, and the last hour)."""
-        for state in self.partitions.values():
-            if state.lifecycle is None or state.stored_version < 0:
-                continue
-            try:
-                self.sink.purge_open_items(state.topic_id, state.partition, state.stored_version,
-                                           state.last_record_ms - self.horizon_ms)
-            except StoreError as exc:
-                log.warning("could not purge the open items of partition %d (will retry): %s", state.partition, exc)
+        purges = [OpenItemsPurge(state.topic_id, state.partition, state.stored_version,
+                                 state.last_record_ms - self.horizon_ms)
+                  for state in self.partitions.values() if state.lifecycle is not None and state.stored_version >= 0]
+        if not purges:
+            return
+        try:
+            staged = self.sink.purge_open_items(purges)
+        except StoreError as exc:
+            log.warning("could not purge the open items of partitions %s (will retry): %s",
+                        ", ".join(str(purge.partition) for purge in purges), exc)
+            return
+        if staged is None:
+            log.info("an earlier purge of open_items still runs; this one waits for the next round")
 
     def _evict(self) -> None:
         """Drop clean rows of minutes long past; a late event reloads them from ClickHouse."""
