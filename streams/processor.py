@@ -1186,8 +1186,9 @@ class Processor:
             log.warning("could not purge the open items of partitions %s (will retry): %s",
                         ", ".join(str(purge.partition) for purge in purges), exc)
             return
-        if staged is None:
-            log.info("an earlier purge of open_items still runs; this one waits for the next round")
+        if staged is None:  # another worker's purge running now, or a mutation stuck since the last round
+            log.warning("a mutation of open_items has not finished (see system.mutations); "
+                        "this purge waits for the next round")
 
     def _evict(self) -> None:
         """Drop clean rows of minutes long past; a late event reloads them from ClickHouse."""

@@ -22,6 +22,8 @@ class MemorySink:
         self.rows = {}  # (table, topic_id, partition, key) -> (counters, version)
         self.seen = []  # (topic_id, partition, record_ms, offset, event_id)
         self.fail_next = False
+        self.purges = []  # each purge round: its OpenItemsPurge per partition
+        self.purge_result = 0
 
     def write(self, batch):
         if self.fail_next:
@@ -72,8 +74,9 @@ class MemorySink:
     def load_open_state(self, topic_id, partition, first_offset, since_record_ms):
         return [], []
 
-    def purge_open_items(self, *args):
-        pass
+    def purge_open_items(self, purges):
+        self.purges.append(purges)
+        return self.purge_result
 
     def resolved_since(self, topic_id, partition, first_offset):
         return []
@@ -184,3 +187,21 @@ def test_late_event_for_an_evicted_minute_adds_to_the_stored_row():
     run(proc, values, range(len(values) - len(late), len(values)))
     assert sink.totals() == reference.totals()
     assert_rollups_are_sums(sink)
+
+
+def test_a_purge_round_is_one_call_for_every_partition_held(caplog):
+    from sinks.clickhouse_sink import OpenItemsPurge
+
+    sink = MemorySink()
+    proc = processor(sink)
+    values = records(count=20)
+    for partition in (0, 3):
+        for offset in range(10):
+            proc.process(TOPIC, partition, offset, 1_795_000_000_000 + offset, values[offset])
+    proc.flush()
+    proc._purge_open_items()
+    horizon_ms = SETTINGS.dedup_horizon_s * 1000
+    assert sink.purges == [[OpenItemsPurge("topic-a", partition, 9, 1_795_000_000_009 - horizon_ms) for partition in (0, 3)]]
+    sink.purge_result = None  # an earlier mutation still runs
+    proc._purge_open_items()
+    assert "waits for the next round" in caplog.text
