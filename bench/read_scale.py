@@ -156,19 +156,15 @@ def purge_closed_items(store) -> int:
     its horizon: the items still open. The step's workers live less than an hour, so theirs never
     ran, and a history loaded at its own pace keeps only the last hour's closings. Returns the rows left."""
     sink = ClickHouseSink(store)
-
-    def wait_for_mutations():
-        while int(store.query(f"SELECT count() FROM system.mutations WHERE database = '{store.database}' "
-                              "AND table = 'open_items' AND NOT is_done")[0][0]):
-            time.sleep(2)
-
     staged = None
     while staged is None:  # a purge still running (a worker's) is waited for
-        wait_for_mutations()
+        while sink.purge_running():
+            time.sleep(2)
         staged = sink.purge_open_items([
             OpenItemsPurge(topic_id, int(partition), 2**62, int(time.time() * 1000)) for topic_id, partition
             in store.query(f"SELECT DISTINCT topic_id, source_partition FROM {store.table('open_items')}")])
-    wait_for_mutations()
+    while sink.purge_running():
+        time.sleep(2)
     return int(store.query(f"SELECT count() FROM {store.table('open_items')}")[0][0])
 
 

@@ -331,6 +331,22 @@ def record_write(stats) -> int:
     return written
 
 
+def drop_before(store: Store, table: str, partition_below: int) -> list[str]:
+    """Drop the partitions of `table` whose id (YYYYMM or YYYYMMDD) is below `partition_below` (on a
+    cluster, of its local table on every node)."""
+    dropped = []
+    for node in store.nodes():
+        local = node.local(table).rsplit(".", 1)[1]
+        for (partition,) in node.query(
+                f"SELECT DISTINCT partition FROM system.parts WHERE database = '{node.database}' AND table = '{local}' "
+                "AND active"):
+            value = str(partition).strip("'")
+            if value.isdigit() and int(value) < partition_below:
+                node.execute(f"ALTER TABLE {node.local(table)} DROP PARTITION {value}")
+                dropped.append(f"{table} {value}")
+    return dropped
+
+
 # What identifies an open_items row: the event it was stored from (a repeat has the same, and goes too).
 PURGED_ROW_KEY = "topic_id, source_partition, source_offset, item_index"
 
@@ -470,15 +486,13 @@ class ClickHouseSink:
         A mutation that reads the table it mutates also sees the parts it already changed. So one round
         is one mutation, none is sent while another is still running, and its set never changes.
         Returns the rows staged, or None when an earlier purge still runs (the next round retries)."""
+        if self.purge_running():
+            return None
+        drop_before(self.store, "open_items_purges",  # their mutations are done: none is running
+                    int(datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d")))
         staged = 0
         purge_id = time.time_ns()
         for node in self.store.nodes():  # a mutation runs on the table holding the rows
-            running = node.query(
-                f"SELECT mutation_id FROM system.mutations WHERE database = {quote(node.database)} "
-                f"AND table = {quote(node.local('open_items').rsplit('.', 1)[1])} AND NOT is_done")
-            if running:
-                return None
-            self._drop_staged_before_today(node)
             items, stage = node.local("open_items"), node.local("open_items_purges")
             for purge in purges:
                 source = f"topic_id = {quote(purge.topic_id)} AND source_partition = {int(purge.partition)}"
@@ -494,16 +508,13 @@ class ClickHouseSink:
             staged += int(rows)
         return staged
 
-    @staticmethod
-    def _drop_staged_before_today(node: Store) -> None:
-        """The staged rows of earlier days: their mutations are done (none is running)."""
-        today = int(datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d"))
-        for (partition,) in node.query(
-                f"SELECT DISTINCT partition FROM system.parts WHERE database = {quote(node.database)} "
-                f"AND table = {quote(node.local('open_items_purges').rsplit('.', 1)[1])} AND active"):
-            value = str(partition).strip("'")
-            if value.isdigit() and int(value) < today:
-                node.execute(f"ALTER TABLE {node.local('open_items_purges')} DROP PARTITION {value}")
+    def purge_running(self) -> bool:
+        """Whether a mutation of open_items (a purge's) has not finished on some node."""
+        for node in self.store.nodes():
+            if node.query(f"SELECT mutation_id FROM system.mutations WHERE database = {quote(node.database)} "
+                          f"AND table = {quote(node.local('open_items').rsplit('.', 1)[1])} AND NOT is_done"):
+                return True
+        return False
 
     def recompute_rollups(self, table: AggregateTable, touched: set) -> list:
         """Recompute the hour, day and month rows over the (topic id, partition, minute) given, each

@@ -22,28 +22,12 @@ import time
 from opscentre.clickhouse import Store
 from opscentre.events import retention_start_ms
 
-from .clickhouse_sink import HOUR, LIFECYCLE_MINUTE, SECURITY_MINUTE, SERVICE_MINUTE, grain_table
+from .clickhouse_sink import HOUR, LIFECYCLE_MINUTE, SECURITY_MINUTE, SERVICE_MINUTE, drop_before, grain_table
 
 RAW_TABLES = ("service_events", "security_events", "rejected_events", "service_minute", "security_minute",
               "lifecycle_edges", "lifecycle_minute", "item_receipts", "item_closings", "item_events")
 HOUR_TABLES = tuple(grain_table(table, HOUR) for table in (SERVICE_MINUTE, SECURITY_MINUTE, LIFECYCLE_MINUTE))
 SEEN_IDS_DAYS = 7
-
-
-def drop_before(store: Store, table: str, partition_below: int) -> list[str]:
-    """Drop the partitions of `table` whose id (YYYYMM or YYYYMMDD) is below `partition_below` (on a
-    cluster, of its local table on every node)."""
-    dropped = []
-    for node in store.nodes():
-        local = node.local(table).rsplit(".", 1)[1]
-        for (partition,) in node.query(
-                f"SELECT DISTINCT partition FROM system.parts WHERE database = '{node.database}' AND table = '{local}' "
-                "AND active"):
-            value = str(partition).strip("'")
-            if value.isdigit() and int(value) < partition_below:
-                node.execute(f"ALTER TABLE {node.local(table)} DROP PARTITION {value}")
-                dropped.append(f"{table} {value}")
-    return dropped
 
 
 def apply_retention(store: Store, retention_days: int, now_ms: int | None = None) -> list[str]:
