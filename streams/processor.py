@@ -43,6 +43,7 @@ from opscentre.events import (
 )
 from opscentre.measures import END_TO_END_BUCKETS, SECURITY_COUNTERS, SERVICE_COUNTERS
 from opscentre.rejections import dead_letter, scrub_personal, stored_original
+from opscentre.telemetry import observe_many
 from sinks.clickhouse_sink import (
     ALERT_COLUMNS,
     GRAINS,
@@ -1150,8 +1151,7 @@ class Processor:
     def commit(self, snapshot: "Snapshot") -> None:
         """Record that a snapshot is stored: its rows' versions now cover its records."""
         now = self.clock()
-        for record_ms in snapshot.record_ms:
-            LATENCY.observe(max(0.0, now - record_ms / 1000))
+        observe_many(LATENCY, [max(0.0, now - record_ms / 1000) for record_ms in snapshot.record_ms])
         for state, row_set, version, keys in snapshot.versions:
             if version > state.stored_version:
                 state.stored_version = version
