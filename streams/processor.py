@@ -14,6 +14,7 @@ same counts instead of adding to them.
 from __future__ import annotations
 
 import datetime
+import gc
 import logging
 import time
 import traceback
@@ -461,7 +462,20 @@ class Processor:
         depends on order (open items, overdue alerts). Should anything raise inside a run of
         several, nothing of it is kept and its records are applied again one at a time.
 
-        A take-over that cannot read ClickHouse raises Interrupted, saying how many were applied."""
+        A take-over that cannot read ClickHouse raises Interrupted, saying how many were applied.
+
+        The cyclic garbage collector pauses meanwhile: a run's decoded records and events (five or
+        six tracked objects for each single-event record) are alive until the run ends, and each
+        collection in between walked them all, a third of the time spent on single-event records."""
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            return self._process_records(topic, partition, records)
+        finally:
+            if collecting:
+                gc.enable()
+
+    def _process_records(self, topic: str, partition: int, records) -> list:
         letters: list = []
         position, count = 0, len(records)
         one_at_a_time_until = 0

@@ -5,6 +5,8 @@ The same rules are exercised against the real servers in test_exactly_once.py.
 
 import json
 
+import pytest
+
 from opscentre.settings import Settings
 from producers.simulator import Simulator
 from sinks.clickhouse_sink import PartitionSnapshot
@@ -205,3 +207,36 @@ def test_a_purge_round_is_one_call_for_every_partition_held(caplog):
     sink.purge_result = None  # an earlier mutation still runs
     proc._purge_open_items()
     assert "waits for the next round" in caplog.text
+
+
+def test_records_are_applied_with_the_collector_paused_and_its_state_restored():
+    import gc
+
+    from opscentre.clickhouse import StoreUnavailable
+    from streams.processor import Interrupted, Record
+
+    class DownSink(MemorySink):
+        def load_partition(self, *args):
+            raise StoreUnavailable("down")
+
+    values = records(count=3)
+    seen = []
+
+    class Watching(MemorySink):
+        def load_partition(self, *args):
+            seen.append(gc.isenabled())
+            return super().load_partition(*args)
+
+    assert gc.isenabled()
+    proc = processor(Watching())
+    proc.process_records(TOPIC, 0, [Record(0, 1_795_000_000_000, values[0])])
+    assert seen == [False] and gc.isenabled()
+    with pytest.raises(Interrupted):
+        processor(DownSink()).process_records(TOPIC, 0, [Record(0, 1_795_000_000_000, values[0])])
+    assert gc.isenabled()
+    gc.disable()  # a caller that keeps the collector off (the writer process) finds it off
+    try:
+        proc.process_records(TOPIC, 0, [Record(1, 1_795_000_000_001, values[1])])
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
