@@ -137,15 +137,16 @@ def _add(totals: dict, group, keys, values) -> None:
         row[key] = row.get(key, 0) + int(value or 0)
 
 
-def counters(store: Store, period: Period, province: str | None, by_agency: bool = False) -> dict:
-    """{province: {counter: value}} for service and security counters over the period;
-    {(province, agency): ...} for service counters only with `by_agency`."""
+def counters(store: Store, period: Period, province: str | None, by_agency: bool = False,
+             service: bool = True) -> dict:
+    """{province: {counter: value}} for service and security counters over the period (security
+    only, without `service`); {(province, agency): ...} for service counters only with `by_agency`."""
     totals: dict = {}
     where_province = _province_filter(province)
     group = "province, agency" if by_agency else "province"
     width = 2 if by_agency else 1
     queries = []  # (SQL, keys)
-    families = [(SERVICE_MINUTE, [f"sum({name})" for name in SERVICE_COUNTERS], SERVICE_COUNTERS)]
+    families = [(SERVICE_MINUTE, [f"sum({name})" for name in SERVICE_COUNTERS], SERVICE_COUNTERS)] if service else []
     if not by_agency:
         families.append((SECURITY_MINUTE, list(BUCKET_SECURITY), SECURITY_KEYS))
     for table, expressions, keys in families:
@@ -157,9 +158,10 @@ def counters(store: Store, period: Period, province: str | None, by_agency: bool
         if parts:
             queries.append((" UNION ALL ".join(parts), keys))
     for a_ms, b_ms in period.edges:
-        queries.append((f"SELECT {group}, {', '.join(RAW_SERVICE.values())} FROM {store.table('service_events')} FINAL "
-                        f"WHERE {raw_rows_between('service_events', a_ms, b_ms)}{where_province} GROUP BY {group}",
-                        SERVICE_COUNTERS))
+        if service:
+            queries.append((f"SELECT {group}, {', '.join(RAW_SERVICE.values())} FROM {store.table('service_events')} "
+                            f"FINAL WHERE {raw_rows_between('service_events', a_ms, b_ms)}{where_province} "
+                            f"GROUP BY {group}", SERVICE_COUNTERS))
         if not by_agency:
             queries.append((f"SELECT {group}, {', '.join(RAW_SECURITY)} FROM {store.table('security_events')} FINAL "
                             f"WHERE {raw_rows_between('security_events', a_ms, b_ms)}{where_province} GROUP BY {group}",
@@ -223,11 +225,14 @@ def kpis(store: Store, province: str, start: dt.datetime, end: dt.datetime,
     events} for codes not in the catalogue); `province='all'` for every province seen."""
     period = Period(start, end)
     selected = None if province == "all" else province
-    totals = counters(store, period, selected)
+    # The service counters are read once, by agency (for the codes not in the catalogue), and
+    # summed here per province: a third fewer queries than reading them per province too.
+    totals = counters(store, period, selected, service=False)
     overdue = overdue_open(store, period.end_ms, selected)
     catalogue = catalogue or default_catalogue()
     unknown: dict = {}
     for (code, agency), c in sorted(counters(store, period, selected, by_agency=True).items()):
+        _add(totals, code, c.keys(), c.values())
         if c.get("events") and not catalogue.knows_agency(code, agency):
             unknown.setdefault(code, {})[agency] = c["events"]
     provinces = sorted(set(totals) | set(overdue)) if selected is None else [selected]
