@@ -268,13 +268,14 @@ class RowSet:
         while minutes and minutes[0] < horizon:
             minute = heapq.heappop(minutes)
             keys = held.pop(minute)
-            kept = [key for key in keys if key in dirty or rows[key].version >= next_offset]
-            if len(kept) < len(keys):
-                for key in keys:
-                    if key not in dirty and rows[key].version < next_offset:
-                        del rows[key]
-                if minute > self.stored_up_to:
-                    self.stored_up_to = minute
+            kept = []
+            for key in keys:
+                if key in dirty or rows[key].version >= next_offset:
+                    kept.append(key)
+                else:
+                    del rows[key]
+            if len(kept) < len(keys) and minute > self.stored_up_to:
+                self.stored_up_to = minute
             if kept:
                 staying.append((minute, kept))
         for minute, keys in staying:
@@ -1219,10 +1220,7 @@ class Processor:
             self._evict()
             self._last_eviction = now
         else:  # a backfill runs through hours of minutes between two evictions
-            for state in self.partitions.values():
-                horizon = state.max_window - self.memory_window_s
-                for row_set in state.row_sets:
-                    row_set.evict_minutes(horizon, state.next_offset)
+            self._evict(minutes_only=True)
         if now - self._last_purge >= PURGE_EVERY_S:
             self._last_purge = now
             self._purge_open_items()
@@ -1245,12 +1243,18 @@ class Processor:
             log.warning("a mutation of open_items has not finished (see system.mutations); "
                         "this purge waits for the next round")
 
-    def _evict(self) -> None:
-        """Drop clean rows of minutes long past; a late event reloads them from ClickHouse."""
+    def _evict(self, minutes_only: bool = False) -> None:
+        """Drop clean rows of minutes long past (a late event reloads them from ClickHouse) and,
+        unless `minutes_only`, the hour, day and month rows ended by then and the alerted items past the horizon."""
         for state in self.partitions.values():
             horizon = state.max_window - self.memory_window_s
             for row_set in state.row_sets:  # the lifecycle rows of due minutes ahead stay
-                row_set.evict(horizon, state.next_offset)
+                if minutes_only:
+                    row_set.evict_minutes(horizon, state.next_offset)
+                else:
+                    row_set.evict(horizon, state.next_offset)
+            if minutes_only:
+                continue
             if state.tracker is not None:
                 state.tracker.forget_alerted()
                 WATERMARK.labels(str(state.partition)).set(max(0, state.tracker.watermark) / 1000)
