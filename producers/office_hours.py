@@ -43,6 +43,18 @@ class OfficeHours:
         day, weekday, into_day = _local(ms)
         while True:
             if weekday < 5:
+                if into_day == 0 and working_ms > WORKING_DAY_MS:
+                    # Whole working days at once (a limit of weeks is common): five of them a week, then
+                    # one a day; the last day is always walked, so an exact fit ends at its closing.
+                    days = (working_ms - 1) // WORKING_DAY_MS
+                    working_ms -= days * WORKING_DAY_MS
+                    weeks, days = divmod(days, 5)
+                    day += 7 * weeks
+                    while days:
+                        day += 1
+                        weekday = (weekday + 1) % 7
+                        days -= weekday < 5
+                    continue
                 for start, end in OFFICE_SPANS_MS:
                     if into_day >= end:
                         continue

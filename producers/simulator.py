@@ -41,6 +41,7 @@ import random
 import statistics
 import time
 from bisect import bisect_right
+from itertools import accumulate
 
 from opscentre.provinces import DEFAULT_PROVINCES
 
@@ -111,8 +112,42 @@ BURSTS = (("brute_force", "authentication", "iam"), ("ddos", "network", "firewal
           ("sql_injection", "web", "waf"), ("defacement", "web", "waf"))
 
 
+_MINUTES: dict[int, str] = {}  # "YYYY-MM-DDTHH:MM:" by epoch minute: formatting a datetime costs more than an event
+
+
 def rfc3339(ms: int) -> str:
-    return dt.datetime.fromtimestamp(ms / 1000, VN).isoformat(timespec="milliseconds")
+    """`ms` as local time with milliseconds, as datetime.isoformat(timespec="milliseconds") writes it."""
+    minute, into_minute = divmod(int(ms), 60_000)
+    prefix = _MINUTES.get(minute)
+    if prefix is None:
+        if len(_MINUTES) > 100_000:
+            _MINUTES.clear()
+        prefix = _MINUTES[minute] = dt.datetime.fromtimestamp(minute * 60, VN).strftime("%Y-%m-%dT%H:%M:")
+    second, milli = divmod(into_minute, 1000)
+    return f"{prefix}{second:02d}.{milli:03d}+07:00"
+
+
+class Weighted:
+    """A weighted choice drawn as random.choices(population, weights)[0] draws it (the same random
+    number, the same pick), without summing the weights again at every draw."""
+
+    __slots__ = ("population", "cumulative", "total", "last")
+
+    def __init__(self, population, weights):
+        self.population = tuple(population)
+        self.cumulative = list(accumulate(weights))
+        self.total = self.cumulative[-1] + 0.0
+        self.last = len(self.cumulative) - 1
+
+    def pick(self, rng: random.Random):
+        return self.population[bisect_right(self.cumulative, rng.random() * self.total, 0, self.last)]
+
+
+FEEDBACK_CHANNELS = Weighted(("hotline_1022", "portal", "app", "field_report"), (0.45, 0.25, 0.22, 0.08))
+ALERT_CATEGORIES = Weighted(SECURITY_CATEGORIES, [weight for _, weight in SECURITY_CATEGORIES.values()])
+ALERT_SEVERITIES = Weighted(range(7), SEVERITY_WEIGHTS)
+ALERT_ACTIONS = Weighted(("blocked", "detected", "allowed"), (0.6, 0.35, 0.05))
+BURST_SEVERITIES = Weighted((3, 4, 5), (0.3, 0.5, 0.2))
 
 
 class Simulator:
@@ -126,10 +161,8 @@ class Simulator:
         self.sequence = 0
         self.hours = OfficeHours(always_open=steady)
         codes = list(provinces) if provinces else list(DEFAULT_PROVINCES)
-        self.provinces = codes
-        self.province_weights = [DEFAULT_PROVINCES.get(code, ("", 1000))[1] for code in codes]
-        self.agencies = list(AGENCIES)
-        self.agency_weights = [AGENCIES[a].weight for a in self.agencies]
+        self.province_choice = Weighted(codes, [DEFAULT_PROVINCES.get(code, ("", 1000))[1] for code in codes])
+        self.agency_choice = Weighted(AGENCIES, [profile.weight for profile in AGENCIES.values()])
         self._traffic_by_slot: dict[int, tuple[list, float]] = {}
         # Dossiers received during the run, by completion time:
         # (done_ms, sequence at receipt, province, agency, procedure, due_ms)
@@ -181,8 +214,8 @@ class Simulator:
         self.sequence += 1
         rng = self.rng
         if now >= self.next_fall_behind_ms:
-            desk = (rng.choices(self.provinces, self.province_weights)[0],
-                    rng.choices(self.agencies, self.agency_weights)[0])
+            desk = (self.province_choice.pick(rng),
+                    self.agency_choice.pick(rng))
             self.fall_behind(*desk, now, self.hours.add(now, rng.randint(1, 4) * HOUR_MS))
             self.next_fall_behind_ms = now + int(rng.expovariate(1 / FALLING_BEHIND_EVERY_MS))
         if self.burst is None and now >= self.next_burst_ms:
@@ -198,8 +231,8 @@ class Simulator:
         if self.feedback_pending and self.feedback_pending[0][0] <= now:
             return self._resolve_pending_feedback(now)
         what = TRAFFIC[bisect_right(cumulative, rng.random() * cumulative[-1])][0]
-        province = rng.choices(self.provinces, self.province_weights)[0]
-        agency = rng.choices(self.agencies, self.agency_weights)[0]
+        province = self.province_choice.pick(rng)
+        agency = self.agency_choice.pick(rng)
         return getattr(self, "_" + what)(now, province, agency)
 
     def fall_behind(self, province: str, agency: str, from_ms: int, until_ms: int) -> None:
@@ -309,7 +342,7 @@ class Simulator:
         due = self.hours.add(now, limit_days * WORKING_DAY_MS)
         event.update(
             feedback_id=self._id("PAKN"),
-            channel=rng.choices(("hotline_1022", "portal", "app", "field_report"), (0.45, 0.25, 0.22, 0.08))[0],
+            channel=FEEDBACK_CHANNELS.pick(rng),
             due_at=rfc3339(due),
         )
         if self.history:  # 0.6 of the limit at the median, spread as a desk's: about one in eight late
@@ -341,17 +374,16 @@ class Simulator:
 
     def _security_alert(self, now, province, agency) -> dict:
         rng = self.rng
-        categories = list(SECURITY_CATEGORIES)
-        category = rng.choices(categories, [SECURITY_CATEGORIES[c][1] for c in categories])[0]
-        severity = rng.choices(range(7), SEVERITY_WEIGHTS)[0]
-        action = rng.choices(("blocked", "detected", "allowed"), (0.6, 0.35, 0.05))[0]
+        category = ALERT_CATEGORIES.pick(rng)
+        severity = ALERT_SEVERITIES.pick(rng)
+        action = ALERT_ACTIONS.pick(rng)
         return self._alert(now, province, category, SECURITY_CATEGORIES[category][0], severity, action,
                            f"{rng.choice(ASSETS)}-{province}", self._ip(), None, 1)
 
     def _start_burst(self, now) -> None:
         rng = self.rng
         technique, category, sensor = rng.choice(BURSTS)
-        province = rng.choices(self.provinces, self.province_weights)[0]
+        province = self.province_choice.pick(rng)
         attackers = [self._ip() for _ in range(rng.randint(1, 8))]
         self.burst = (now + rng.randint(10, 45) * 1000, province, f"{rng.choice(ASSETS)}-{province}",
                       technique, category, sensor, attackers)
@@ -359,7 +391,7 @@ class Simulator:
     def _burst_alert(self, now) -> dict:
         _, province, asset, technique, category, sensor, attackers = self.burst
         rng = self.rng
-        severity = rng.choices((3, 4, 5), (0.3, 0.5, 0.2))[0]
+        severity = BURST_SEVERITIES.pick(rng)
         action = "blocked" if rng.random() < 0.85 else "detected"
         return self._alert(now, province, category, sensor, severity, action, asset, rng.choice(attackers),
                            technique, rng.randint(1, 50))

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import random
 
 import pytest
 
 from opscentre.embedded import EmbeddedBroker
-from opscentre.kafka import MAX_RECORD_BYTES, KafkaUnavailable, ensure_topics
+from kafka.partitioner.default import murmur2 as kafka_python_murmur2
+from opscentre.kafka import MAX_RECORD_BYTES, KafkaUnavailable, ensure_topics, murmur2
 from producers.batching import EVENTS_FAILED, BatchingProducer
 from tests.workload import Workload
 
@@ -16,6 +18,14 @@ pytestmark = pytest.mark.integration
 
 def failed_events(settings) -> float:
     return EVENTS_FAILED.labels(settings.service_topic)._value.get()
+
+
+def test_keys_hash_as_kafka_hashes_them():
+    for key, java in ((b"21", -973932308), (b"foobar", -790332482), (b"a-little-bit-longer-string", -1486304829)):
+        assert murmur2(key) == java & 0xFFFFFFFF  # Kafka's own UtilsTest.testMurmur2
+    rng = random.Random(4)
+    keys = [rng.randbytes(rng.randrange(0, 40)) for _ in range(5000)] + [f"HS-100-{n:x}".encode() for n in range(5000)]
+    assert [murmur2(key) for key in keys] == [kafka_python_murmur2(key) for key in keys]
 
 
 def test_a_record_kafka_refuses_is_reported_by_flush(pipeline):

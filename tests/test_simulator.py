@@ -5,9 +5,10 @@ from __future__ import annotations
 import collections
 import datetime as dt
 import pickle
+import random
 
-from producers.office_hours import HOUR_MS, MINUTE_MS, OfficeHours
-from producers.simulator import AGENCIES, Simulator, simulate
+from producers.office_hours import HOUR_MS, MINUTE_MS, WORKING_DAY_MS, OfficeHours
+from producers.simulator import AGENCIES, Simulator, Weighted, rfc3339, simulate
 from tests.workload import _ms
 
 VN = dt.timezone(dt.timedelta(hours=7))
@@ -96,6 +97,30 @@ def test_working_time_skips_nights_lunch_and_weekends():
     assert hours.between(friday_1650, monday_0750) == 30 * MINUTE_MS
     assert not hours.is_open(friday_1650 + HOUR_MS) and hours.is_open(MONDAY_9)
     assert OfficeHours(always_open=True).add(friday_1650, 30 * MINUTE_MS) == friday_1650 + 30 * MINUTE_MS
+
+
+def test_working_time_of_weeks_ends_where_its_working_time_is_used_up():
+    hours = OfficeHours()
+    monday_0730 = MONDAY_9 - 90 * MINUTE_MS
+    assert hours.add(monday_0730, 5 * WORKING_DAY_MS) == monday_0730 + 4 * 24 * HOUR_MS + 570 * MINUTE_MS  # Fri 17:00
+    assert hours.add(monday_0730 - 450 * MINUTE_MS, 6 * WORKING_DAY_MS) == monday_0730 + 7 * 24 * HOUR_MS + 570 * MINUTE_MS
+    rng = random.Random(3)
+    for _ in range(3000):
+        start = MONDAY_9 + rng.randrange(-7 * 24 * HOUR_MS, 60 * 24 * HOUR_MS)
+        if rng.random() < 0.3:
+            start -= (start + 7 * HOUR_MS) % (24 * HOUR_MS)  # local midnight
+        working = rng.choice((rng.randrange(0, 30 * WORKING_DAY_MS), rng.randrange(1, 30) * WORKING_DAY_MS))
+        end = hours.add(start, working)
+        assert hours.between(start, end) == working
+        assert working == 0 or hours.between(start, end - 1) < working  # the first such moment
+
+
+def test_weighted_choices_and_timestamps_are_those_of_the_standard_library():
+    population, weights = ["a", "b", "c", "d"], [5, 0.5, 3, 1.5]
+    choice, rng, reference = Weighted(population, weights), random.Random(9), random.Random(9)
+    assert [choice.pick(rng) for _ in range(2000)] == [reference.choices(population, weights)[0] for _ in range(2000)]
+    for ms in [0, 999, 1_000, 59_999] + [rng.randrange(10**12, 3 * 10**12) for _ in range(2000)]:
+        assert rfc3339(ms) == dt.datetime.fromtimestamp(ms / 1000, VN).isoformat(timespec="milliseconds")
 
 
 def test_counters_keep_office_hours_and_nights_are_quiet():
