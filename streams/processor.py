@@ -1176,24 +1176,23 @@ class Processor:
         rows not in memory gets them added first, as minute rows do."""
         topic_id, partition = state.topic_id, state.partition
         for index, (grain, rows) in enumerate(zip(ROLLUP_GRAINS, row_set.rollups)):
-            touched = {}
-            before = {}  # coarse key -> its counters before this snapshot's changes
+            summed: dict = {}  # coarse key -> the sum of its finer rows' changes: the next grain's input
             buckets: dict = {}
             for key, change in changes:
                 bucket = buckets.get(key[0])
                 if bucket is None:
                     bucket = buckets[key[0]] = grain.bucket(key[0])
                 coarse_key = (bucket, *key[1:])
-                row = touched.get(coarse_key)
+                total = summed.get(coarse_key)
+                summed[coarse_key] = change if total is None else list(map(add, total, change))
+            touched = {}
+            for coarse_key, change in summed.items():
+                row = rows.get(coarse_key)
                 if row is None:
-                    row = rows.get(coarse_key)
-                    if row is None:
-                        row = row_set.new_coarse_row(index, coarse_key)
-                    touched[coarse_key] = row
-                    before[coarse_key] = row.counters
+                    row = row_set.new_coarse_row(index, coarse_key)
                 row.counters = list(map(add, row.counters, change))
-            if index + 1 < len(ROLLUP_GRAINS):  # the next grain's input
-                changes = [(key, list(map(sub, row.counters, before[key]))) for key, row in touched.items()]
+                touched[coarse_key] = row
+            changes = summed.items()
             table = at_grain(row_set.table, grain)
             self._add_stored(state, table, touched, touched)
             batch.rollups.setdefault(table.name, []).extend(
