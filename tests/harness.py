@@ -193,6 +193,15 @@ class Pipeline:
 
         return connect(self.settings.require_clickhouse())
 
+    def metrics(self, worker: WorkerProcess) -> dict:
+        """The worker's /metrics samples; waits while the endpoint does not answer (not started yet,
+        or slower than scrape's 1 s timeout on a loaded machine)."""
+        from opscentre.local import scrape
+
+        answers = []
+        self.wait_for(lambda: answers.append(scrape(worker.metrics_port)) or answers[-1], what="the worker's /metrics")
+        return answers[-1]
+
     def wait_for(self, predicate, timeout_s: float = 90.0, what: str = "condition") -> None:
         deadline = time.monotonic() + timeout_s
         last_error = None

@@ -12,7 +12,6 @@ import time
 import pytest
 
 from opscentre.kafka import ensure_topics
-from opscentre.local import scrape
 from tests.harness import ClickHouseServer
 from tests.test_pipeline import assert_kpis_match, stored_events
 from tests.workload import Workload
@@ -100,17 +99,21 @@ def test_second_worker_joins_then_leaves(pipeline):
     start_ms = start_of_minute_ms(2)
     workload = Workload(seed=32, start_ms=start_ms, events=8000, rate=25.0)
     pipeline.start_worker()
-    sender = send_in_background(workload, pipeline.settings, seconds=24, with_bad=False, singles_share=0.5)
+    sender = send_in_background(workload, pipeline.settings, seconds=36, with_bad=False, singles_share=0.5)
     pipeline.wait_for(lambda: stored_events(pipeline) > 1000, what="first worker under way")
     second = pipeline.start_worker()
+    # On a loaded machine the second worker may still be starting when the first alone has stored
+    # most of the events: wait until it reads partitions it took over.
+    pipeline.wait_for(lambda: pipeline.metrics(second).get("opscentre_stream_partitions_owned", 0) > 0,
+                      what="second worker holding partitions")
     pipeline.wait_for(lambda: stored_events(pipeline) > 4000, what="both workers under way")
     # Every hand-over stores and commits what the worker giving partitions up has processed:
     # the worker taking them over redoes no record.
-    assert scrape(second.metrics_port).get("opscentre_stream_records_already_applied_total") == 0
+    assert pipeline.metrics(second)["opscentre_stream_records_already_applied_total"] == 0
     second.stop(signal.SIGTERM)
     assert second.process.returncode != -signal.SIGKILL, "a worker sent SIGTERM must store what it holds and exit"
     assert_exact_once_sent(pipeline, sender, workload, start_ms)
-    assert scrape(pipeline.workers[0].metrics_port).get("opscentre_stream_records_already_applied_total") == 0
+    assert pipeline.metrics(pipeline.workers[0])["opscentre_stream_records_already_applied_total"] == 0
 
 
 def replay(pipeline, *args) -> str:

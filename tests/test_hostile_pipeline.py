@@ -18,7 +18,6 @@ import pytest
 from kafka import KafkaProducer
 
 from opscentre.kafka import ensure_topics
-from opscentre.local import scrape
 from opscentre.measures import SERVICE_COUNTERS
 from tests.test_pipeline import assert_kpis_match, stored_events
 from tests.workload import Workload, read_dead_letters
@@ -131,7 +130,7 @@ def test_hostile_records_are_dead_lettered_and_the_rest_counted_exactly(pipeline
             assert any(fragment in reason for reason in by_reason), (fragment, sorted(by_reason)[:40])
     assert not any(reason.startswith("internal error") for reason in by_reason)
 
-    metrics = scrape(worker.metrics_port)
+    metrics = pipeline.metrics(worker)
     assert metrics.get("opscentre_stream_internal_errors_total", 0) == 0
     assert metrics.get("opscentre_stream_events_rejected_total") == expected_letters
     log = open(worker.log_path, encoding="utf-8", errors="replace").read()
