@@ -182,10 +182,11 @@ def test_labels_identify_the_alert_and_annotations_are_for_people():
 
 def test_a_resolution_never_ends_before_it_starts_nor_after_now():
     now = dt.datetime.now(UTC)
-    alert = _alert(firing("HS-1", ago_s=30))
+    message = firing("HS-1", ago_s=30)
+    alert = _alert(message)
     alert.resolved_at = now - dt.timedelta(seconds=90)  # a completion dated before the watermark passed due
     body = alert_body(Settings(), NAMES, alert, False, now)
-    assert body["endsAt"] == body["startsAt"] == iso(now - dt.timedelta(seconds=30))
+    assert body["endsAt"] == body["startsAt"] == message["detected_at"]
     alert.resolved_at = now + dt.timedelta(seconds=300)  # a clock ahead
     assert alert_body(Settings(), NAMES, alert, False, now)["endsAt"] == iso(now)
     ahead = _alert(firing("HS-2", ago_s=-120))

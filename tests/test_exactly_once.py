@@ -84,9 +84,12 @@ def test_worker_killed_mid_stream_and_restarted(pipeline):
     start_ms = start_of_minute_ms(2)
     workload = Workload(seed=31, start_ms=start_ms, events=6000, rate=20.0)
     worker = pipeline.start_worker()
+    # Started first: on a loaded machine a worker still starting finds the whole workload sent,
+    # stores it in one snapshot, and the kill lands after the stream.
+    pipeline.metrics(worker)
     # Half the events as records of their own, between batches in the same partitions: the worker
     # applies them in runs, and the kill lands inside one.
-    sender = send_in_background(workload, pipeline.settings, seconds=12, with_bad=False, singles_share=0.5)
+    sender = send_in_background(workload, pipeline.settings, seconds=20, with_bad=False, singles_share=0.5)
     pipeline.wait_for(lambda: stored_events(pipeline) > 1000, what="worker under way")
     worker.stop(signal.SIGKILL)
     assert stored_events(pipeline) < 5900, "the kill must land mid-stream"
