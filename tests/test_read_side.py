@@ -119,8 +119,8 @@ def test_lifecycle_counts_equal_the_views_across_a_kill_and_a_replay(pipeline):
     time.sleep(1)
 
     store = pipeline.store()
-    times = [start_ms - 86_400_000 + int(i * 3.1 * 3_600_000) for i in range(12)]
-    times += [start_ms + i * 997_123 for i in range(20)] + [start_ms + i * 1_200_000 for i in range(20)]
+    times = [start_ms - 86_400_000 + int(i * 4.6 * 3_600_000) for i in range(8)]
+    times += [start_ms + i * 1_661_987 for i in range(12)] + [start_ms + i * 2_040_000 for i in range(12)]
     times += [int(time.time() * 1000) + 86_400_000 * days for days in (1, 10, 45)]
     checked = 0
     for t_ms in times:
