@@ -77,14 +77,20 @@ def load_step(server: ClickHouseServer, database: str, simulator: Simulator, end
         sent = simulate(producer, rate, (end_ms - simulator.now_ms()) / 1000, simulator.seed, paced=False,
                         simulator=simulator)
         producer.close()
-        deadline = time.monotonic() + 3600
-        while sent and time.monotonic() < deadline:
+        # The worker reads the backlog the simulator left (a third of a step or more): wait while it
+        # moves. A step stopped early would leave a gap in the history for every later step.
+        accepted, moved_at = -1.0, time.monotonic()
+        while sent:
             metrics = scrape(worker.metrics_port)
-            if metrics.get("opscentre_stream_events_valid_total", 0) >= sent and not metrics.get(
-                    "opscentre_stream_consumer_lag", 1):
+            now_accepted = metrics.get("opscentre_stream_events_valid_total", 0)
+            if now_accepted >= sent and not metrics.get("opscentre_stream_consumer_lag", 1):
                 break
             if not worker.running():
                 raise RuntimeError(worker.log())
+            if now_accepted > accepted:
+                accepted, moved_at = now_accepted, time.monotonic()
+            elif time.monotonic() - moved_at > 600:
+                raise RuntimeError(f"the worker accepted {accepted:,.0f} of {sent:,} events and none for 10 minutes")
             time.sleep(2)
         time.sleep(5)  # the last snapshot
         worker.stop()
