@@ -157,18 +157,25 @@ def panel_questions(url: str, end_ms: int) -> dict:
     return asked
 
 
+# A step's purge is a backlog of weeks of virtual time, so its rounds take more items than a
+# worker's (PURGE_ITEMS_PER_ROUND): measured at 52 M events on 18.16, rounds of 0.33-0.50 M staged
+# rows took the server to 1.23 GB at most, against 24 GB (killed) for 13.6 M rows in one round.
+BACKLOG_ITEMS_PER_ROUND = 1_000_000
+
+
 def purge_closed_items(store) -> int:
     """What a worker's hourly purge leaves of `open_items` once the step's closings are older than
     its horizon: the items still open. The step's workers live less than an hour, so theirs never
-    ran, and a history loaded at its own pace keeps only the last hour's closings. Returns the rows left."""
+    ran, and a history loaded at its own pace keeps only the last hour's closings. Rounds follow
+    each other, as a worker's do after a backlog, until one has staged every item left. Returns the rows left."""
     sink = ClickHouseSink(store)
-    staged = None
-    while staged is None:  # a purge still running (a worker's) is waited for
-        while sink.purge_running():
+    purges = [OpenItemsPurge(topic_id, int(partition), 2**62, int(time.time() * 1000)) for topic_id, partition
+              in store.query(f"SELECT DISTINCT topic_id, source_partition FROM {store.table('open_items')}")]
+    purged = None
+    while purged is None or not purged.complete:
+        while sink.purge_running():  # a purge still running (a worker's, or the round before) is waited for
             time.sleep(2)
-        staged = sink.purge_open_items([
-            OpenItemsPurge(topic_id, int(partition), 2**62, int(time.time() * 1000)) for topic_id, partition
-            in store.query(f"SELECT DISTINCT topic_id, source_partition FROM {store.table('open_items')}")])
+        purged = sink.purge_open_items(purges, items_per_round=BACKLOG_ITEMS_PER_ROUND)
     while sink.purge_running():
         time.sleep(2)
     return int(store.query(f"SELECT count() FROM {store.table('open_items')}")[0][0])

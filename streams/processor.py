@@ -104,6 +104,7 @@ N_SECURITY = len(SECURITY_COUNTERS)
 EVICT_EVERY_S = 60.0
 _LIFECYCLE_EVENTS = frozenset({DossierReceived, DossierCompleted, DossierCancelled, FeedbackReceived, FeedbackResolved})
 PURGE_EVERY_S = 3600.0  # open items closed long enough ago leave ClickHouse's open_items this often
+PURGE_BACKLOG_EVERY_S = 30.0  # a round that left items for the next is followed this soon (once its mutation is done)
 
 
 _CHILDREN: dict = {}
@@ -469,6 +470,8 @@ class Processor:
         self.batch = WriteBatch()
         self.pending_record_ms: list = []
         self._last_eviction = self._last_purge = clock()
+        self._purge_backlog = False  # the last purge round left items for the next
+        self._last_purge_round = clock()  # when a purge round was last sent
         self.last_window_written = -1
         self.lookahead_ms = int(settings.alert_lookahead_s * 1000)
         self.idle_ms = int(settings.idle_watermark_s * 1000)
@@ -1220,27 +1223,35 @@ class Processor:
             self._last_eviction = now
         else:  # a backfill runs through hours of minutes between two evictions
             self._evict(minutes_only=True)
-        if now - self._last_purge >= PURGE_EVERY_S:
-            self._last_purge = now
-            self._purge_open_items()
+        self._purge_open_items(now)
 
-    def _purge_open_items(self) -> None:
-        """Items closed before what is stored, by closings older than the horizon, leave open_items:
-        a take-over rebuilds its open items from what is left (the backlog, and the last hour)."""
+    def _purge_open_items(self, now: float) -> None:
+        """Hourly, items closed before what is stored, by closings older than the horizon, leave open_items:
+        a take-over rebuilds its open items from what is left (the backlog, and the last hour).
+        A round takes a bounded number of items (ClickHouseSink.purge_open_items); after a backlog
+        (a worker's first hour over a long history, a backfill) rounds follow each other until it is gone."""
+        if now - self._last_purge < (PURGE_BACKLOG_EVERY_S if self._purge_backlog else PURGE_EVERY_S):
+            return
+        self._last_purge = now
         purges = [OpenItemsPurge(state.topic_id, state.partition, state.stored_version,
                                  state.last_record_ms - self.horizon_ms)
                   for state in self.partitions.values() if state.lifecycle is not None and state.stored_version >= 0]
         if not purges:
             return
         try:
-            staged = self.sink.purge_open_items(purges)
+            purged = self.sink.purge_open_items(purges)
         except StoreError as exc:
             log.warning("could not purge the open items of partitions %s (will retry): %s",
                         ", ".join(str(purge.partition) for purge in purges), exc)
             return
-        if staged is None:  # another worker's purge running now, or a mutation stuck since the last round
-            log.warning("a mutation of open_items has not finished (see system.mutations); "
-                        "this purge waits for the next round")
+        if purged is None:  # another worker's purge running now, or a mutation stuck since the last round
+            if not self._purge_backlog or now - self._last_purge_round >= PURGE_EVERY_S:
+                self._purge_backlog = False  # a stuck mutation is retried hourly, as any
+                log.warning("a mutation of open_items has not finished (see system.mutations); "
+                            "this purge waits for the next round")
+            return  # else the round before's mutation is still running: expected, retried soon
+        self._last_purge_round = now
+        self._purge_backlog = not purged.complete
 
     def _evict(self, minutes_only: bool = False) -> None:
         """Drop clean rows of minutes long past (a late event reloads them from ClickHouse) and,

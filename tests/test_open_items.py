@@ -13,7 +13,7 @@ from urllib.parse import urlparse
 
 from opscentre.clickhouse import connect, with_database
 from sinks.clickhouse_sink import (MARK_COLUMNS, NO_MARKS_ROW, SERVICE_MINUTE, SERVICE_RAW_COLUMNS, ClickHouseSink,
-                                   OpenItemsPurge, WriteBatch)
+                                   OpenItemsPurge, PurgeRound, WriteBatch)
 from sinks.schema import ITEM_VIEWS, SCHEMA_VERSION, SEEN_COLUMNS, SEEN_VIEWS, UNHELD_CLOSING, migrate
 
 HOUR = 3_600_000
@@ -160,7 +160,8 @@ def a_round_of_purges_is_one_mutation_and_waits_for_the_last(store):
     if held:
         store.execute(f"SYSTEM STOP MERGES {store.table('open_items')}")
     try:
-        assert sink.purge_open_items(purges) == 2 * 4 * 60  # 30 items closed in each, a receipt and a closing each
+        # 30 items closed in each, a receipt and a closing each
+        assert sink.purge_open_items(purges) == PurgeRound(2 * 4 * 60, complete=True)
         if held:
             assert sink.purge_open_items(purges) is None
     finally:
@@ -171,7 +172,33 @@ def a_round_of_purges_is_one_mutation_and_waits_for_the_last(store):
                        "GROUP BY topic_id, source_partition, closed ORDER BY topic_id, source_partition")
     assert left == [(topic_id, partition, 0, 10) for topic_id in ("topic-a", "topic-old") for partition in range(4)]
     assert store.query(f"SELECT count() FROM {store.table('open_items_purges')} WHERE purge_id = 1") == [(0,)]
-    assert sink.purge_open_items(purges) == 0
+    assert sink.purge_open_items(purges) == PurgeRound(0, complete=True)
+
+
+def a_round_takes_whole_items_up_to_its_bound(store):
+    """A round stages the rows of a bounded number of items (what keeps a mutation's memory bounded):
+    every item it takes leaves whole, receipt and closing, so no closing is left without its receipt
+    between two rounds, and the rounds until one is complete leave exactly the items still open."""
+    migrate(store)
+    sink = ClickHouseSink(store)
+    offsets = iter(range(1, 10**6))
+    for partition in range(2):
+        receipts = [service_row(f"e{next(offsets)}", "dossier.received", f"HS-{partition}-{n}", T0, T0 + HOUR,
+                                partition=partition) for n in range(40)]
+        closings = [service_row(f"e{next(offsets)}", "dossier.completed", f"HS-{partition}-{n}", T0 + HOUR, T0 + HOUR,
+                                partition=partition) for n in range(25)]
+        sink.write_rows(WriteBatch(service_raw=receipts + closings))
+    purges = [OpenItemsPurge("topic-a", partition, 10**6, T0 + 2 * HOUR) for partition in range(2)]
+    rounds = []
+    while not rounds or not rounds[-1].complete:
+        rounds.append(sink.purge_open_items(purges, items_per_round=20))  # 10 items of each partition
+        wait_for_mutations(store)
+        assert store.query(f"SELECT count() FROM (SELECT item_id FROM {store.table('open_items')} "
+                           "GROUP BY item_id HAVING min(closed) > 0)") == [(0,)]
+    assert rounds == [PurgeRound(40, False), PurgeRound(40, False), PurgeRound(20, True)]
+    left = store.query(f"SELECT source_partition, closed, count() FROM {store.table('open_items')} "
+                       "GROUP BY source_partition, closed ORDER BY source_partition")
+    assert left == [(0, 0, 15), (1, 0, 15)]
 
 
 def a_database_from_before_the_item_views_is_backfilled_once(store):
@@ -247,6 +274,7 @@ def a_closing_is_filed_under_its_items_agency_once_the_view_is_replaced(store):
 CHECKS = [open_items_are_receipts_due_in_the_range_not_closed_in_time_nor_alerted,
           a_purge_forgets_items_closed_long_ago_under_every_topic_id,
           a_round_of_purges_is_one_mutation_and_waits_for_the_last,
+          a_round_takes_whole_items_up_to_its_bound,
           a_closing_is_filed_under_its_items_agency_once_the_view_is_replaced,
           a_database_from_before_the_item_views_is_backfilled_once,
           accepted_ids_stored_before_the_seen_views_are_kept_and_new_ones_copied]

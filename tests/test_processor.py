@@ -25,7 +25,7 @@ class MemorySink:
         self.seen = []  # (topic_id, partition, record_ms, offset, event_id)
         self.fail_next = False
         self.purges = []  # each purge round: its OpenItemsPurge per partition
-        self.purge_result = 0
+        self.purge_results = []  # what the next rounds return, first first; then a complete round
 
     def write(self, batch):
         if self.fail_next:
@@ -77,8 +77,10 @@ class MemorySink:
         return [], []
 
     def purge_open_items(self, purges):
+        from sinks.clickhouse_sink import PurgeRound
+
         self.purges.append(purges)
-        return self.purge_result
+        return self.purge_results.pop(0) if self.purge_results else PurgeRound(0, True)
 
     def resolved_since(self, topic_id, partition, first_offset):
         return []
@@ -201,12 +203,55 @@ def test_a_purge_round_is_one_call_for_every_partition_held(caplog):
         for offset in range(10):
             proc.process(TOPIC, partition, offset, 1_795_000_000_000 + offset, values[offset])
     proc.flush()
-    proc._purge_open_items()
+    started = proc.clock()
+    proc._purge_open_items(started + 3599)
+    assert sink.purges == []  # hourly
+    proc._purge_open_items(started + 3600)
     horizon_ms = SETTINGS.dedup_horizon_s * 1000
     assert sink.purges == [[OpenItemsPurge("topic-a", partition, 9, 1_795_000_000_009 - horizon_ms) for partition in (0, 3)]]
-    sink.purge_result = None  # an earlier mutation still runs
-    proc._purge_open_items()
+    sink.purge_results = [None]  # an earlier mutation still runs
+    proc._purge_open_items(started + 7200)
     assert "waits for the next round" in caplog.text
+
+
+def test_purge_rounds_follow_each_other_until_the_backlog_is_gone(caplog):
+    """A round that left items for the next (ClickHouseSink.purge_open_items bounds it) is followed
+    within a minute, not an hour; waiting for its own mutation then is expected, not worth a warning."""
+    from sinks.clickhouse_sink import PurgeRound
+
+    sink = MemorySink()
+    proc = processor(sink)
+    values = records(count=10)
+    for offset in range(10):
+        proc.process(TOPIC, 0, offset, 1_795_000_000_000 + offset, values[offset])
+    proc.flush()
+    started = proc.clock()
+    sink.purge_results = [PurgeRound(200_000, False), None, PurgeRound(200_000, False), PurgeRound(1_000, True)]
+    for seconds in (3600, 3629, 3630, 3660, 3690, 3720, 3750):
+        proc._purge_open_items(started + seconds)
+    assert len(sink.purges) == 4  # at 3600, 3630 (still running), 3660, 3690; then hourly again
+    assert "waits for the next round" not in caplog.text
+    proc._purge_open_items(started + 3690 + 3600)
+    assert len(sink.purges) == 5
+
+
+def test_a_stuck_mutation_in_a_backlog_is_warned_of_after_an_hour(caplog):
+    from sinks.clickhouse_sink import PurgeRound
+
+    sink = MemorySink()
+    proc = processor(sink)
+    values = records(count=10)
+    for offset in range(10):
+        proc.process(TOPIC, 0, offset, 1_795_000_000_000 + offset, values[offset])
+    proc.flush()
+    started = proc.clock()
+    sink.purge_results = [PurgeRound(200_000, False)] + [None] * 200
+    for seconds in range(3600, 7200 + 60, 30):
+        proc._purge_open_items(started + seconds)
+    assert caplog.text.count("waits for the next round") == 1
+    rounds = len(sink.purges)
+    proc._purge_open_items(started + 7200 + 60 + 30)
+    assert len(sink.purges) == rounds  # retried hourly from then on
 
 
 def test_records_are_applied_with_the_collector_paused_and_its_state_restored():
